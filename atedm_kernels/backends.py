@@ -1,0 +1,147 @@
+"""Backend selection for the ``atedm`` ops.
+
+Every op has a pure-PyTorch reference. Some also have a GPU kernel:
+
+=====================  ======================
+op                     GPU backend
+=====================  ======================
+attention_with_map     ``"triton"``
+attention              ``"triton"``
+gwpr                   ``"cuda"``
+select_tokens          ``"cuda"``
+similarity_sources     ``"cuda"``
+gather_tokens          ``"cuda"``
+recover_tokens         ``"cuda"``
+=====================  ======================
+
+``backend="auto"`` (the default, or whatever ``ATEDM_BACKEND`` names) picks the op's GPU backend for CUDA
+tensors when it is available and the reference otherwise (CPU tensors always take the reference). Asking for a
+backend by name that cannot run raises a ``RuntimeError`` that says why, so a test that forces a backend never
+silently measures another one. Under ``TRITON_INTERPRET=1`` the ``"triton"`` backend also runs on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "reference", "triton", "cuda")
+ENV_VAR = "ATEDM_BACKEND"
+
+# The kernel backends each op has, besides "reference".
+OP_KERNELS: dict[str, tuple[str, ...]] = {
+    "attention_with_map": ("triton",),
+    "attention": ("triton",),
+    "gwpr": ("cuda",),
+    "select_tokens": ("cuda",),
+    "similarity_sources": ("cuda",),
+    "gather_tokens": ("cuda",),
+    "recover_tokens": ("cuda",),
+    "gwpr_cross": (),
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name but cannot run here (no GPU, extension not built, no Triton)."""
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _import_error(module: str) -> str | None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a broken install raising anything else
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """Why the Triton backend cannot run on ``device`` (``None`` when it can)."""
+    err = _import_error("triton")
+    if err is not None:
+        return f"triton cannot be imported ({err})"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and triton_interpret():
+        return None
+    return (
+        f"the tensors are on {device.type!r}: Triton kernels need CUDA tensors "
+        "(or CPU tensors with TRITON_INTERPRET=1)"
+    )
+
+
+def cuda_unavailable_reason(device: torch.device) -> str | None:
+    """Why the CUDA extension backend cannot run on ``device`` (``None`` when it can)."""
+    err = _import_error("atedm_kernels._C")
+    if err is not None:
+        return (
+            "the CUDA extension atedm_kernels._C is not built "
+            f"({err}); reinstall with nvcc on PATH or ATEDM_BUILD_CUDA=1"
+        )
+    if device.type != "cuda":
+        return f"the tensors are on {device.type!r}: the CUDA extension needs CUDA tensors"
+    return None
+
+
+_UNAVAILABLE = {"triton": triton_unavailable_reason, "cuda": cuda_unavailable_reason}
+
+
+def default_backend() -> str:
+    name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"environment variable {ENV_VAR}={name!r} is not a backend; expected one of {BACKENDS}")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback_once(op: str, reason: str) -> None:
+    warnings.warn(
+        f"atedm.{op}: running the PyTorch reference on a CUDA tensor because {reason}",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def resolve(op: str, backend: str, device: torch.device) -> str:
+    """The backend that runs ``op`` for tensors on ``device``: "reference", "triton" or "cuda".
+
+    ``backend`` is the caller's choice ("auto" defers to ``ATEDM_BACKEND``, then to the device).
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {BACKENDS}; got {type(backend).__name__}")
+    name = backend.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    from_env = name == "auto"
+    if from_env:
+        name = default_backend()
+    if name == "reference":
+        return name
+    kernels = OP_KERNELS[op]
+    if from_env and name not in kernels:
+        # A global preference for one kernel family: ops without a kernel of that family choose as "auto" does.
+        name = "auto"
+    if name == "auto":
+        if device.type != "cuda":
+            return "reference"
+        for kernel in kernels:
+            reason = _UNAVAILABLE[kernel](device)
+            if reason is None:
+                return kernel
+            _warn_fallback_once(op, reason)
+        return "reference"
+    if name not in kernels:
+        raise ValueError(
+            f"backend={name!r} has no kernel for atedm.{op}; its backends are {('reference',) + kernels}"
+        )
+    reason = _UNAVAILABLE[name](device)
+    if reason is not None:
+        raise BackendUnavailableError(f"atedm.{op}: backend {name!r} is unavailable: {reason}")
+    return name

@@ -1,0 +1,41 @@
+// Shared launcher conventions for atedm_kernels._C.
+//
+// Every launcher takes raw device pointers (as uintptr_t from torch's data_ptr()), sizes, and the cudaStream_t of
+// the caller's current torch stream (as uintptr_t), and reports failure by throwing std::runtime_error, which
+// pybind11 turns into a Python RuntimeError. No libtorch types appear anywhere.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace atedm {
+
+// Throws with the CUDA error string if `status` is not cudaSuccess.
+inline void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw std::runtime_error(std::string("atedm_kernels._C: ") + what + ": " + cudaGetErrorString(status));
+  }
+}
+
+// Checks the launch that was just issued (configuration errors surface here, asynchronous faults later).
+inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+inline cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+template <typename T>
+inline T* as_ptr(std::uintptr_t ptr) {
+  return reinterpret_cast<T*>(ptr);
+}
+
+// Storage dtype codes shared with atedm_kernels/kernels/cuda.py.
+enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
+
+inline DType as_dtype(int code) {
+  if (code < 0 || code > 2) throw std::invalid_argument("atedm_kernels._C: unknown dtype code " + std::to_string(code));
+  return static_cast<DType>(code);
+}
+
+}  // namespace atedm
