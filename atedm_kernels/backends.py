@@ -109,16 +109,26 @@ def _warn_fallback_once(op: str, reason: str) -> None:
     )
 
 
-def resolve(op: str, backend: str, device: torch.device) -> str:
-    """The backend that runs ``op`` for tensors on ``device``: "reference", "triton" or "cuda".
-
-    ``backend`` is the caller's choice ("auto" defers to ``ATEDM_BACKEND``, then to the device).
-    """
+def check_backend(op: str, backend: object) -> str:
+    """Validate a backend name for ``op`` without asking whether it can run here; returns it normalised."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, one of {BACKENDS}; got {type(backend).__name__}")
     name = backend.strip().lower()
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if name not in ("auto", "reference") and name not in OP_KERNELS[op]:
+        raise ValueError(
+            f"backend={name!r} has no kernel for atedm.{op}; its backends are {('auto', 'reference') + OP_KERNELS[op]}"
+        )
+    return name
+
+
+def resolve(op: str, backend: str, device: torch.device) -> str:
+    """The backend that runs ``op`` for tensors on ``device``: "reference", "triton" or "cuda".
+
+    ``backend`` is the caller's choice ("auto" defers to ``ATEDM_BACKEND``, then to the device).
+    """
+    name = check_backend(op, backend)
     from_env = name == "auto"
     if from_env:
         name = default_backend()
@@ -137,10 +147,6 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
                 return kernel
             _warn_fallback_once(op, reason)
         return "reference"
-    if name not in kernels:
-        raise ValueError(
-            f"backend={name!r} has no kernel for atedm.{op}; its backends are {('reference',) + kernels}"
-        )
     reason = _UNAVAILABLE[name](device)
     if reason is not None:
         raise BackendUnavailableError(f"atedm.{op}: backend {name!r} is unavailable: {reason}")

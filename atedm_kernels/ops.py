@@ -38,7 +38,7 @@ from ._validation import (
     check_same_device,
     check_tensor,
 )
-from .backends import resolve
+from .backends import check_backend, resolve
 from .reference.gwpr import GWPR_CROSS_KINDS
 
 DEFAULT_MAP_DTYPE = torch.float16  # probabilities live in [0, 1], where fp16 resolves finer than bf16
@@ -61,7 +61,8 @@ def _cuda():
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_attention(q, k, v, scale) -> float:
+def _check_attention(op, q, k, v, scale, backend) -> float:
+    check_backend(op, backend)
     check_tensor("q", q, 4, FLOAT_DTYPES, layout="[B, H, N, D]")
     check_tensor("k", k, 4, FLOAT_DTYPES, layout="[B, H, M, D]")
     check_tensor("v", v, 4, FLOAT_DTYPES, layout="[B, H, M, D]")
@@ -99,7 +100,7 @@ def _attention_with_map(
     map_dtype: torch.dtype | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = _check_attention(q, k, v, scale)
+    scale = _check_attention("attention_with_map", q, k, v, scale, backend)
     map_dtype = _map_dtype(map_dtype)
     if resolve("attention_with_map", backend, q.device) == "triton":
         return _triton_attention().attention_with_map_triton(q, k, v, scale, map_dtype)
@@ -108,7 +109,7 @@ def _attention_with_map(
 
 @_attention_with_map.register_fake
 def _(q, k, v, scale=None, map_dtype=None, backend="auto"):
-    _check_attention(q, k, v, scale)
+    _check_attention("attention_with_map", q, k, v, scale, backend)
     map_dtype = _map_dtype(map_dtype)
     return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[2], k.shape[2]), dtype=map_dtype)
 
@@ -117,7 +118,7 @@ def _(q, k, v, scale=None, map_dtype=None, backend="auto"):
 def _attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, backend: str = "auto"
 ) -> torch.Tensor:
-    scale = _check_attention(q, k, v, scale)
+    scale = _check_attention("attention", q, k, v, scale, backend)
     if resolve("attention", backend, q.device) == "triton":
         return _triton_attention().attention_triton(q, k, v, scale)
     return reference.attention_reference(q, k, v, scale)
@@ -125,7 +126,7 @@ def _attention(
 
 @_attention.register_fake
 def _(q, k, v, scale=None, backend="auto"):
-    _check_attention(q, k, v, scale)
+    _check_attention("attention", q, k, v, scale, backend)
     return torch.empty_like(q)
 
 
@@ -142,7 +143,8 @@ def _check_square_map(name: str, amap) -> None:
         raise ValueError(f"{name} must have N >= 1 tokens, got shape {tuple(amap.shape)}")
 
 
-def _check_gwpr(amap, num_iters, damping) -> None:
+def _check_gwpr(amap, num_iters, damping, backend) -> None:
+    check_backend("gwpr", backend)
     _check_square_map("amap", amap)
     check_int("num_iters", num_iters, 0)
     check_float("damping", damping, 0.0, 1.0)
@@ -150,7 +152,7 @@ def _check_gwpr(amap, num_iters, damping) -> None:
 
 @torch.library.custom_op("atedm::gwpr", mutates_args=())
 def _gwpr(amap: torch.Tensor, num_iters: int, damping: float = 0.0, backend: str = "auto") -> torch.Tensor:
-    _check_gwpr(amap, num_iters, damping)
+    _check_gwpr(amap, num_iters, damping, backend)
     if resolve("gwpr", backend, amap.device) == "cuda":
         return _cuda().gwpr_cuda(amap, num_iters, damping)
     return reference.gwpr_reference(amap, num_iters, damping)
@@ -158,11 +160,12 @@ def _gwpr(amap: torch.Tensor, num_iters: int, damping: float = 0.0, backend: str
 
 @_gwpr.register_fake
 def _(amap, num_iters, damping=0.0, backend="auto"):
-    _check_gwpr(amap, num_iters, damping)
+    _check_gwpr(amap, num_iters, damping, backend)
     return amap.new_empty(amap.shape[:2], dtype=torch.float32)
 
 
-def _check_gwpr_cross(ca_map, num_iters, kind) -> None:
+def _check_gwpr_cross(ca_map, num_iters, kind, backend) -> None:
+    check_backend("gwpr_cross", backend)
     check_tensor("ca_map", ca_map, 3, MAP_DTYPES, layout="[B, N, L]")
     if ca_map.shape[1] == 0 or ca_map.shape[2] == 0:
         raise ValueError(f"ca_map must have N >= 1 and L >= 1, got shape {tuple(ca_map.shape)}")
@@ -175,14 +178,13 @@ def _check_gwpr_cross(ca_map, num_iters, kind) -> None:
 def _gwpr_cross(
     ca_map: torch.Tensor, num_iters: int, kind: str = "entropy", backend: str = "auto"
 ) -> torch.Tensor:
-    _check_gwpr_cross(ca_map, num_iters, kind)
-    resolve("gwpr_cross", backend, ca_map.device)  # validates the name; reference is the only backend
+    _check_gwpr_cross(ca_map, num_iters, kind, backend)
     return reference.gwpr_cross_reference(ca_map, num_iters, kind)
 
 
 @_gwpr_cross.register_fake
 def _(ca_map, num_iters, kind="entropy", backend="auto"):
-    _check_gwpr_cross(ca_map, num_iters, kind)
+    _check_gwpr_cross(ca_map, num_iters, kind, backend)
     return ca_map.new_empty(ca_map.shape[:2], dtype=torch.float32)
 
 
@@ -191,14 +193,15 @@ def _(ca_map, num_iters, kind="entropy", backend="auto"):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_select(scores, keep) -> None:
+def _check_select(scores, keep, backend) -> None:
+    check_backend("select_tokens", backend)
     check_tensor("scores", scores, 2, FLOAT_DTYPES, layout="[B, N]")
     check_int("keep", keep, 1, scores.shape[1])
 
 
 @torch.library.custom_op("atedm::select_tokens", mutates_args=())
 def _select_tokens(scores: torch.Tensor, keep: int, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    _check_select(scores, keep)
+    _check_select(scores, keep, backend)
     if resolve("select_tokens", backend, scores.device) == "cuda":
         return _cuda().select_tokens_cuda(scores, keep)
     return reference.select_tokens_reference(scores, keep)
@@ -206,7 +209,7 @@ def _select_tokens(scores: torch.Tensor, keep: int, backend: str = "auto") -> tu
 
 @_select_tokens.register_fake
 def _(scores, keep, backend="auto"):
-    _check_select(scores, keep)
+    _check_select(scores, keep, backend)
     batch, n = scores.shape
     return (
         scores.new_empty((batch, keep), dtype=torch.int64),
@@ -214,7 +217,8 @@ def _(scores, keep, backend="auto"):
     )
 
 
-def _check_sources(amap, keep_idx, prune_idx) -> None:
+def _check_sources(amap, keep_idx, prune_idx, backend) -> None:
+    check_backend("similarity_sources", backend)
     _check_square_map("amap", amap)
     batch, n, _ = amap.shape
     check_index("keep_idx", keep_idx, batch, "[B, K]")
@@ -231,7 +235,7 @@ def _check_sources(amap, keep_idx, prune_idx) -> None:
 def _similarity_sources(
     amap: torch.Tensor, keep_idx: torch.Tensor, prune_idx: torch.Tensor, backend: str = "auto"
 ) -> torch.Tensor:
-    _check_sources(amap, keep_idx, prune_idx)
+    _check_sources(amap, keep_idx, prune_idx, backend)
     if resolve("similarity_sources", backend, amap.device) == "cuda":
         return _cuda().similarity_sources_cuda(amap, keep_idx, prune_idx)
     return reference.similarity_sources_reference(amap, keep_idx, prune_idx)
@@ -239,7 +243,7 @@ def _similarity_sources(
 
 @_similarity_sources.register_fake
 def _(amap, keep_idx, prune_idx, backend="auto"):
-    _check_sources(amap, keep_idx, prune_idx)
+    _check_sources(amap, keep_idx, prune_idx, backend)
     return torch.empty_like(prune_idx)
 
 
@@ -248,7 +252,8 @@ def _(amap, keep_idx, prune_idx, backend="auto"):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_gather(x, idx) -> None:
+def _check_gather(x, idx, backend) -> None:
+    check_backend("gather_tokens", backend)
     check_tensor("x", x, 3, FLOAT_DTYPES, layout="[B, N, C]")
     check_index("idx", idx, x.shape[0], "[B, K]")
     check_same_device(x=x, idx=idx)
@@ -256,7 +261,7 @@ def _check_gather(x, idx) -> None:
 
 @torch.library.custom_op("atedm::gather_tokens", mutates_args=())
 def _gather_tokens(x: torch.Tensor, idx: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    _check_gather(x, idx)
+    _check_gather(x, idx, backend)
     if resolve("gather_tokens", backend, x.device) == "cuda":
         return _cuda().gather_tokens_cuda(x, idx)
     return reference.gather_tokens_reference(x, idx)
@@ -264,11 +269,12 @@ def _gather_tokens(x: torch.Tensor, idx: torch.Tensor, backend: str = "auto") ->
 
 @_gather_tokens.register_fake
 def _(x, idx, backend="auto"):
-    _check_gather(x, idx)
+    _check_gather(x, idx, backend)
     return x.new_empty((x.shape[0], idx.shape[1], x.shape[2]))
 
 
-def _check_recover(x_kept, keep_idx, prune_idx, src) -> None:
+def _check_recover(x_kept, keep_idx, prune_idx, src, backend) -> None:
+    check_backend("recover_tokens", backend)
     check_tensor("x_kept", x_kept, 3, FLOAT_DTYPES, layout="[B, K, C]")
     batch, kept, _ = x_kept.shape
     check_index("keep_idx", keep_idx, batch, "[B, K]")
@@ -287,7 +293,7 @@ def _check_recover(x_kept, keep_idx, prune_idx, src) -> None:
 def _recover_tokens(
     x_kept: torch.Tensor, keep_idx: torch.Tensor, prune_idx: torch.Tensor, src: torch.Tensor, backend: str = "auto"
 ) -> torch.Tensor:
-    _check_recover(x_kept, keep_idx, prune_idx, src)
+    _check_recover(x_kept, keep_idx, prune_idx, src, backend)
     if resolve("recover_tokens", backend, x_kept.device) == "cuda":
         return _cuda().recover_tokens_cuda(x_kept, keep_idx, prune_idx, src)
     return reference.recover_tokens_reference(x_kept, keep_idx, prune_idx, src)
@@ -295,7 +301,7 @@ def _recover_tokens(
 
 @_recover_tokens.register_fake
 def _(x_kept, keep_idx, prune_idx, src, backend="auto"):
-    _check_recover(x_kept, keep_idx, prune_idx, src)
+    _check_recover(x_kept, keep_idx, prune_idx, src, backend)
     batch, kept, channels = x_kept.shape
     return x_kept.new_empty((batch, kept + prune_idx.shape[1], channels))
 
@@ -319,11 +325,14 @@ def attention_with_map(q, k, v, scale=None, map_dtype=None, *, backend="auto"):
     Returns:
         ``(out [B, H, N, D] in q's dtype, amap [B, N, M] in map_dtype)``.
     """
+    _check_attention("attention_with_map", q, k, v, scale, backend)
+    _map_dtype(map_dtype)
     return torch.ops.atedm.attention_with_map(q, k, v, scale, map_dtype, backend)
 
 
 def attention(q, k, v, scale=None, *, backend="auto"):
     """Plain attention ``softmax(q k^T * scale) v`` (``[B, H, N, D]``): the fused kernel with no map."""
+    _check_attention("attention", q, k, v, scale, backend)
     return torch.ops.atedm.attention(q, k, v, scale, backend)
 
 
@@ -333,6 +342,7 @@ def gwpr(amap, num_iters, damping=0.0, *, backend="auto"):
     ``s_0 = 1/N``; ``s_{t+1}[j] = (1 - damping) * sum_i amap[i, j] * s_t[i] + damping / N``; returns ``s_T`` with
     ``T = num_iters``. Backends: "auto", "reference", "cuda".
     """
+    _check_gwpr(amap, num_iters, damping, backend)
     return torch.ops.atedm.gwpr(amap, num_iters, damping, backend)
 
 
@@ -342,6 +352,7 @@ def gwpr_cross(ca_map, num_iters, kind="entropy", *, backend="auto"):
     ``s_Q = 1/N``; repeat ``num_iters`` times: ``s_K = ca_map^T s_Q``, ``s_Q = f(ca_map, s_K)``, normalised to sum
     1, with ``kind`` selecting ``f``: "entropy", "hard_clip", "soft_clip" or "power". Reference backend only.
     """
+    _check_gwpr_cross(ca_map, num_iters, kind, backend)
     return torch.ops.atedm.gwpr_cross(ca_map, num_iters, kind, backend)
 
 
@@ -351,6 +362,7 @@ def select_tokens(scores, keep, *, backend="auto"):
     The ``keep`` highest scores are kept; equal scores go to the lower token index. Backends: "auto",
     "reference", "cuda".
     """
+    _check_select(scores, keep, backend)
     return torch.ops.atedm.select_tokens(scores, keep, backend)
 
 
@@ -360,11 +372,13 @@ def similarity_sources(amap, keep_idx, prune_idx, *, backend="auto"):
     ``src[b, m] = argmax_j amap[b, keep_idx[b, j], prune_idx[b, m]]`` (ties to the lowest ``j``), int64
     ``[B, N-K]``. Backends: "auto", "reference", "cuda".
     """
+    _check_sources(amap, keep_idx, prune_idx, backend)
     return torch.ops.atedm.similarity_sources(amap, keep_idx, prune_idx, backend)
 
 
 def gather_tokens(x, idx, *, backend="auto"):
     """``out[b, j] = x[b, idx[b, j]]``: ``x [B, N, C]``, ``idx [B, K]`` int64 -> ``[B, K, C]``."""
+    _check_gather(x, idx, backend)
     return torch.ops.atedm.gather_tokens(x, idx, backend)
 
 
@@ -373,4 +387,5 @@ def recover_tokens(x_kept, keep_idx, prune_idx, src, *, backend="auto"):
 
     ``out[b, keep_idx[b, j]] = x_kept[b, j]``; ``out[b, prune_idx[b, m]] = x_kept[b, src[b, m]]``.
     """
+    _check_recover(x_kept, keep_idx, prune_idx, src, backend)
     return torch.ops.atedm.recover_tokens(x_kept, keep_idx, prune_idx, src, backend)

@@ -54,11 +54,13 @@ import triton.language as tl
 LOG2E = math.log2(math.e)
 MAX_HEAD_DIM = 256  # beyond this a [BLOCK_M, D] fp32 accumulator no longer fits in registers
 
-_INTERPRET = triton.knobs.runtime.interpret  # what triton.jit below decides: interpreted or compiled kernels
+# Whether this module's kernels were built for the CPU interpreter: triton.jit decides it from TRITON_INTERPRET
+# when the module is imported, so the variable must be set before the first import.
+INTERPRETED: bool = triton.knobs.runtime.interpret
 
 
 def _fwd_configs() -> list[triton.Config]:
-    if _INTERPRET:
+    if INTERPRETED:
         # Small tiles so that the CPU tests' sizes (N, M of 30..130) cross several tiles and tails.
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})]
     # H100 candidates, flash-attention forward style: a tall query tile amortises each K/V tile load over many
@@ -73,7 +75,7 @@ def _fwd_configs() -> list[triton.Config]:
 
 
 def _map_configs() -> list[triton.Config]:
-    if _INTERPRET:
+    if INTERPRETED:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})]
     # The map tile is the fp32 head-sum accumulator, live across the whole head loop: 64x64..128x128.
     return [
@@ -86,13 +88,24 @@ def _map_configs() -> list[triton.Config]:
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop tiles too large for the head dim: past D=128 only the 64x32-class tiles fit in registers/smem."""
+    """Past D=128 a [BLOCK_M, D] accumulator plus staged K/V tiles only fit for tiles up to 64x64."""
     if kwargs["BLOCK_D"] <= 128:
-        return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 64 * 32] or configs
+        return configs
     return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
 
 
-_PRUNE = None if _INTERPRET else {"early_config_prune": _prune_configs}
+_PRUNE = None if INTERPRETED else {"early_config_prune": _prune_configs}
+
+
+@triton.jit
+def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr):
+    """``a @ b`` with fp32 accumulation. ``UPCAST_BF16`` (interpreter only) widens bf16 operands to fp32 first:
+    exact, and the products are then those of a bf16 tensor-core dot; the Triton 3.9 interpreter otherwise
+    multiplies bf16 bit patterns as integers (triton-lang/triton#11584)."""
+    if UPCAST_BF16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=DOT_PRECISION)
 
 
 @triton.autotune(configs=_fwd_configs(), key=["N", "M", "HEAD_DIM"], prune_configs_by=_PRUNE)
@@ -109,6 +122,7 @@ def _attn_fwd_kernel(
     BLOCK_D: tl.constexpr,  # D rounded up to a power of two >= 16 (tl.arange and tensor-core minimum)
     WRITE_LSE: tl.constexpr,  # store the per-row LSE for the map pass; False for plain attention
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32); ignored by 16-bit dots
+    UPCAST_BF16: tl.constexpr,  # interpreter + bf16 only: see _dot
     BLOCK_M: tl.constexpr,  # query rows per program: each K/V tile load is reused by this many rows
     BLOCK_N: tl.constexpr,  # keys per inner-loop step: width of the [BLOCK_M, BLOCK_N] logits tile
 ):
@@ -139,14 +153,14 @@ def _attn_fwd_kernel(
         key_ok = (start_n + offs_n) < M  # [BLOCK_N]
         kv_mask = key_ok[:, None] & d_ok[None, :]
         k = tl.load(k_ptrs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N] fp32
+        s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST_BF16) * qk_scale  # [BLOCK_M, BLOCK_N] fp32
         s = tl.where(key_ok[None, :], s, float("-inf"))  # keys past M: zero probability
         m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: every tile has at least one real key
         alpha = tl.math.exp2(m_i - m_new)  # rescales the old sums to the new max (0 on the first tile)
         p = tl.math.exp2(s - m_new[:, None])  # [BLOCK_M, BLOCK_N]
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_ptrs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST_BF16)
         m_i = m_new
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
@@ -174,6 +188,7 @@ def _attn_map_kernel(
     HEAD_DIM: tl.constexpr,  # D; constexpr so the head-dim mask folds away when D == BLOCK_D
     BLOCK_D: tl.constexpr,  # D rounded up to a power of two >= 16 (tl.arange and tensor-core minimum)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32); ignored by 16-bit dots
+    UPCAST_BF16: tl.constexpr,  # interpreter + bf16 only: see _dot
     BLOCK_M: tl.constexpr,  # query rows of the map tile this program owns
     BLOCK_N: tl.constexpr,  # key columns of the map tile this program owns
 ):
@@ -206,7 +221,7 @@ def _attn_map_kernel(
         q = tl.load(q_ptrs, mask=q_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
         k = tl.load(k_ptrs, mask=k_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
         lse2 = tl.load(lse_ptrs, mask=row_ok, other=0.0)  # [BLOCK_M]
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST_BF16) * qk_scale  # [BLOCK_M, BLOCK_N]
         acc += tl.math.exp2(s - lse2[:, None])
         q_ptrs += stride_qh
         k_ptrs += stride_kh
@@ -245,6 +260,11 @@ def _output(name: str, given: torch.Tensor | None, shape, dtype: torch.dtype, de
     return given
 
 
+def _dot_args(dtype: torch.dtype) -> dict:
+    upcast = INTERPRETED and dtype == torch.bfloat16
+    return {"DOT_PRECISION": "ieee" if dtype == torch.float32 or upcast else "tf32", "UPCAST_BF16": upcast}
+
+
 def _device_ctx(t: torch.Tensor):
     # Triton launches on the current CUDA device and stream: make the tensors' device current.
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
@@ -255,8 +275,9 @@ def _forward(q, k, v, scale: float, out, write_lse: bool):
     n_k = k.shape[2]
     block_d = _block_d(q)
     out = _output("out", out, q.shape, q.dtype, q.device)  # [B, H, N, D]
-    # lse [B, H, N] fp32, base 2; plain attention passes `out` as a never-written placeholder.
-    lse = torch.empty((batch, heads, n_q), dtype=torch.float32, device=q.device) if write_lse else out
+    # lse [B, H, N] fp32, base 2. Plain attention passes a never-written 1-element fp32 placeholder: the same
+    # argument dtypes, so both calls share one autotuning result and `out` is bitwise the same with or without map.
+    lse = torch.empty((batch, heads, n_q) if write_lse else (1,), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
 
@@ -272,7 +293,7 @@ def _forward(q, k, v, scale: float, out, write_lse: bool):
             HEAD_DIM=head_dim,
             BLOCK_D=block_d,
             WRITE_LSE=write_lse,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            **_dot_args(q.dtype),
         )
     return out, lse
 
@@ -314,7 +335,7 @@ def attention_with_map_triton(
             1.0 / heads,
             HEAD_DIM=head_dim,
             BLOCK_D=_block_d(q),
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            **_dot_args(q.dtype),
         )
     return out, amap
 

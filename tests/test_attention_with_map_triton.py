@@ -1,0 +1,200 @@
+"""The fused Triton attention + head-averaged map (``atedm_kernels.kernels.triton_attention``).
+
+Without CUDA the kernels run on CPU tensors under the Triton interpreter (small shapes). With CUDA they run
+compiled on the GPU: the same small cases, plus the SD-XL shapes marked ``gpu``.
+
+Accuracy follows FlashAttention's tests: the kernel's error against a float64 brute force (written here, not the
+package's reference) must be at most twice the error of a plain PyTorch computation in the input's precision,
+plus a small absolute slack; fp32 inputs must also match float64 to ~1e-5.
+"""
+
+import os
+
+import torch
+
+# triton.jit picks interpreted or compiled kernels when the kernel module is imported, from TRITON_INTERPRET.
+# Set it only where there is no GPU: set unconditionally it would make every Triton kernel in this pytest process
+# (the GPU tests and benchmarks included) run in the interpreter.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+import atedm_kernels  # noqa: E402
+from atedm_kernels.kernels import triton_attention as ta  # noqa: E402
+
+if not torch.cuda.is_available() and not ta.INTERPRETED:
+    pytest.skip(
+        "atedm_kernels.kernels.triton_attention was imported before TRITON_INTERPRET=1 was set (by an earlier "
+        "test module?), so its kernels are compiled and cannot run on CPU tensors; set TRITON_INTERPRET=1 in the "
+        "environment",
+        allow_module_level=True,
+    )
+
+DEVICE = "cpu" if ta.INTERPRETED else "cuda"
+
+
+def _qkv(shape, dtype, seed=0, transposed=False):
+    """q [B,H,N,D], k/v [B,H,M,D]; ``transposed`` makes them [B,N,H,D] storage permuted (non-contiguous)."""
+    batch, heads, n_q, n_k, head_dim = shape
+    gen = torch.Generator().manual_seed(seed)
+
+    def make(n):
+        if transposed:
+            x = torch.randn(batch, n, heads, head_dim, generator=gen).permute(0, 2, 1, 3)
+        else:
+            x = torch.randn(batch, heads, n, head_dim, generator=gen)
+        return x.to(DEVICE, dtype)
+
+    return make(n_q), make(n_k), make(n_k)
+
+
+def _brute_force_f64(q, k, v, scale):
+    """float64 softmax per head, then the mean over heads: (out [B,H,N,D], amap [B,N,M])."""
+    logits = torch.matmul(q.double(), k.double().transpose(-1, -2)) * scale  # [B, H, N, M]
+    probs = torch.softmax(logits, dim=-1)
+    return torch.matmul(probs, v.double()), probs.mean(dim=1)
+
+
+def _torch_same_precision(q, k, v, scale, map_dtype):
+    """What plain PyTorch gets in the input's dtype: logits rounded to it, probabilities cast to it for P v."""
+    out = torch.empty_like(q)  # [B, H, N, D]
+    amap = torch.zeros(q.shape[0], q.shape[2], k.shape[2], dtype=torch.float32, device=q.device)  # [B, N, M]
+    for h in range(q.shape[1]):
+        logits = torch.matmul(q[:, h], k[:, h].transpose(-1, -2)).float() * scale  # [B, N, M]
+        probs = torch.softmax(logits, dim=-1).to(q.dtype)
+        out[:, h] = torch.matmul(probs, v[:, h])
+        amap += probs.float()
+    return out, (amap / q.shape[1]).to(map_dtype)
+
+
+def _max_err(x, ref):
+    return (x.double() - ref).abs().max().item()
+
+
+def _check_accuracy(q, k, v, out, amap, scale, map_dtype):
+    out64, map64 = _brute_force_f64(q, k, v, scale)
+    out_pt, map_pt = _torch_same_precision(q, k, v, scale, map_dtype)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert amap.shape == (q.shape[0], q.shape[2], k.shape[2]) and amap.dtype == map_dtype
+    # Slack: one rounding of the largest value in the output's dtype (the two roundings may fall either way).
+    out_slack = 1e-5 + torch.finfo(q.dtype).eps * out64.abs().max().item()
+    map_slack = 1e-5 + torch.finfo(map_dtype).eps * map64.max().item()
+    err_out, err_out_pt = _max_err(out, out64), _max_err(out_pt, out64)
+    err_map, err_map_pt = _max_err(amap, map64), _max_err(map_pt, map64)
+    assert err_out <= 2 * err_out_pt + out_slack, f"out error {err_out:.3g} vs PyTorch's {err_out_pt:.3g}"
+    assert err_map <= 2 * err_map_pt + map_slack, f"amap error {err_map:.3g} vs PyTorch's {err_map_pt:.3g}"
+    if q.dtype == torch.float32:
+        assert err_out <= 1e-5, f"fp32 out error {err_out:.3g}"
+    # Stricter than PyTorch for the map, whatever the input dtype: the kernel's logits are exact products summed
+    # in fp32 and its probabilities never pass through a 16-bit type, so only the map's own rounding remains.
+    assert err_map <= map_slack, f"amap error {err_map:.3g}"
+    # Rows of the map are probability distributions.
+    row_sums = amap.double().sum(dim=-1)
+    assert (row_sums - 1).abs().max().item() <= torch.finfo(map_dtype).eps + 1e-5
+
+
+# (B, H, N, M, D), input dtype, map dtype, non-contiguous [B, N, H, D] storage
+CASES = [
+    ((2, 3, 37, 53, 32), torch.float32, torch.float32, False),
+    ((2, 3, 37, 53, 32), torch.float16, torch.float16, True),
+    ((2, 3, 100, 100, 64), torch.bfloat16, torch.float16, False),
+    ((2, 3, 100, 100, 64), torch.float32, torch.float16, True),
+    ((2, 3, 130, 70, 64), torch.float16, torch.float32, False),
+    ((1, 2, 40, 33, 128), torch.bfloat16, torch.float32, False),
+    ((1, 2, 24, 29, 40), torch.float16, torch.float16, False),  # SD-1.5's head dim: padded to 64, masked
+    ((2, 2, 5, 200, 32), torch.bfloat16, torch.bfloat16, True),  # long rows: the online softmax's rescaling
+    ((1, 1, 1, 1, 16), torch.float32, torch.float32, False),  # one query, one key
+]
+
+
+@pytest.mark.parametrize("shape,dtype,map_dtype,transposed", CASES, ids=lambda x: str(x).replace("torch.", ""))
+def test_matches_float64(shape, dtype, map_dtype, transposed):
+    q, k, v = _qkv(shape, dtype, transposed=transposed)
+    assert q.is_contiguous() != transposed
+    scale = shape[-1] ** -0.5
+    out, amap = ta.attention_with_map_triton(q, k, v, scale, map_dtype)
+    _check_accuracy(q, k, v, out, amap, scale, map_dtype)
+
+
+def test_preallocated_outputs_fully_written_and_deterministic():
+    shape, dtype, map_dtype = (2, 3, 37, 53, 32), torch.float16, torch.float16
+    q, k, v = _qkv(shape, dtype, seed=1)
+    out = torch.full_like(q, float("nan"))
+    # A strided amap: [B, N, M] view of a [B, M, N] buffer.
+    amap = torch.full((2, 53, 37), float("nan"), dtype=map_dtype, device=DEVICE).transpose(1, 2)
+    res_out, res_map = ta.attention_with_map_triton(q, k, v, 0.2, map_dtype, out=out, amap=amap)
+    assert res_out is out and res_map is amap
+    assert not out.isnan().any() and not amap.isnan().any()
+    out2, amap2 = ta.attention_with_map_triton(q, k, v, 0.2, map_dtype)
+    assert torch.equal(out, out2) and torch.equal(amap, amap2)  # bitwise: deterministic, strides honoured
+    plain = torch.full_like(q, float("nan"))
+    assert ta.attention_triton(q, k, v, 0.2, out=plain) is plain
+    assert torch.equal(plain, out2)  # the map-free path computes the very same out
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, inside the interpreter, on the NaN row
+def test_nan_in_q_propagates_to_its_row_only():
+    q, k, v = _qkv((2, 3, 37, 53, 32), torch.float32, seed=2)
+    q[0, 1, 5, 3] = float("nan")
+    out, amap = ta.attention_with_map_triton(q, k, v, 0.2, torch.float32)
+    assert out[0, 1, 5].isnan().all() and amap[0, 5].isnan().all()
+    assert out.isnan().sum() == out.shape[-1] and amap.isnan().sum() == amap.shape[-1]
+
+
+def test_dispatch_through_ops():
+    q, k, v = _qkv((1, 2, 20, 36, 32), torch.float16, seed=3)
+    out, amap = atedm_kernels.attention_with_map(q, k, v, backend="triton")
+    ref_out, ref_map = ta.attention_with_map_triton(q, k, v, 32**-0.5, torch.float16)
+    assert torch.equal(out, ref_out) and torch.equal(amap, ref_map)
+    assert torch.equal(atedm_kernels.attention(q, k, v, backend="triton"), ref_out)
+
+
+def test_rejects_unsupported_head_dim_and_bad_outputs():
+    q = torch.zeros(1, 1, 4, 512, device=DEVICE)
+    with pytest.raises(ValueError, match="^q "):
+        ta.attention_with_map_triton(q, q, q, 0.1, torch.float16)
+    q = torch.zeros(1, 1, 4, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="^out "):
+        ta.attention_triton(q, q, q, 0.1, out=torch.empty(1, 1, 4, 8, device=DEVICE))
+    with pytest.raises(ValueError, match="^amap "):
+        ta.attention_with_map_triton(q, q, q, 0.1, torch.float16, amap=torch.empty(1, 4, 4, device=DEVICE))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SD-XL shapes on the GPU
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _reference_f32_chunked(q, k, v, scale):
+    """float32 attention and map, one head at a time (peak extra memory one [B, N, M] fp32 buffer)."""
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    amap = torch.zeros(q.shape[0], q.shape[2], k.shape[2], dtype=torch.float32, device=q.device)
+    for h in range(q.shape[1]):
+        probs = torch.softmax(torch.matmul(q[:, h].float(), k[:, h].float().transpose(-1, -2)) * scale, dim=-1)
+        out[:, h] = torch.matmul(probs, v[:, h].float())
+        amap += probs
+    return out, amap / q.shape[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA (and compiled, not interpreted, Triton kernels)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(2, 10, 4096, 4096, 64), (2, 20, 1024, 1024, 64)], ids=["A2-4096", "A10-1024"])
+def test_sdxl_shapes(shape, dtype):
+    map_dtype = torch.float16
+    q, k, v = _qkv(shape, dtype, seed=4, transposed=True)  # diffusers' [B, N, H, D] layout
+    scale = shape[-1] ** -0.5
+    out, amap = ta.attention_with_map_triton(q, k, v, scale, map_dtype)
+    out32, map32 = _reference_f32_chunked(q, k, v, scale)
+    out_pt, map_pt = _torch_same_precision(q, k, v, scale, map_dtype)
+    out_slack = 1e-6 + torch.finfo(dtype).eps * out32.abs().max().item()
+    map_slack = 1e-6 + torch.finfo(map_dtype).eps * map32.max().item()
+    assert _max_err(out, out32) <= 2 * _max_err(out_pt, out32) + out_slack
+    assert _max_err(amap, map32) <= map_slack  # fp32 logits and probabilities: only the map's rounding
+    assert (amap.float().sum(-1) - 1).abs().max().item() <= torch.finfo(map_dtype).eps
+    out2, amap2 = ta.attention_with_map_triton(q, k, v, scale, map_dtype)
+    assert torch.equal(out, out2) and torch.equal(amap, amap2)
+    assert torch.equal(ta.attention_triton(q, k, v, scale), out)
