@@ -123,6 +123,13 @@ def check_backend(op: str, backend: object) -> str:
     return name
 
 
+def preference_for(op: str, backend: str) -> str:
+    """A model-wide preference ("triton" or "cuda") applied to one op: ops without a kernel of that family
+    choose as "auto" does, so ``ATEDM_BACKEND=cuda`` or ``AtEdmConfig(backend="cuda")`` still forces every CUDA
+    kernel while the attention takes Triton."""
+    return backend if backend in ("auto", "reference") or backend in OP_KERNELS[op] else "auto"
+
+
 def resolve(op: str, backend: str, device: torch.device) -> str:
     """The backend that runs ``op`` for tensors on ``device``: "reference", "triton" or "cuda".
 
@@ -135,9 +142,8 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
     if name == "reference":
         return name
     kernels = OP_KERNELS[op]
-    if from_env and name not in kernels:
-        # A global preference for one kernel family: ops without a kernel of that family choose as "auto" does.
-        name = "auto"
+    if from_env:
+        name = preference_for(op, name)
     if name == "auto":
         if device.type != "cuda":
             return "reference"

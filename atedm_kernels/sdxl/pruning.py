@@ -1,0 +1,138 @@
+"""The pruning layer of one attention block (a diffusers ``Transformer2DModel`` with 2 or more layers).
+
+Inside the block's first ``BasicTransformerBlock``:
+
+1. its self-attention (``attn1``) runs through ``attention_with_map``, which also yields the head-averaged map
+   ``amap`` [B, N, N];
+2. after that layer's feed-forward, ``gwpr`` scores the N tokens, ``select_tokens`` keeps the top K, and
+   ``similarity_sources`` picks, for every pruned token, the kept token that attended to it most;
+   ``gather_tokens`` hands the K kept tokens [B, K, C] to the block's remaining layers;
+3. after ``proj_out`` (linear projection, SD-XL) or after the last layer (convolutional projection, SD 1.x/2.x),
+   ``recover_tokens`` restores N tokens, before the residual add and the reshape to [B, C, H, W].
+
+Each batch element (both classifier-free-guidance halves included) gets its own mask. When the block is not
+``active`` (DSAP's prune-less steps), every piece defers to diffusers' own code, so the block is exactly dense.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..backends import preference_for
+from .config import AtEdmConfig
+
+
+class PruningAttnProcessor:
+    """Self-attention processor of a pruning layer: diffusers' SDPA attention, plus the head-averaged map.
+
+    Only the plain self-attention of SD U-Nets is handled (no group/spatial norm, no q/k norm, no mask); other
+    attention modules are refused when AT-EDM is applied.
+    """
+
+    def __init__(self, block: "BlockPruner", dense_processor) -> None:
+        self.block = block
+        self.dense_processor = dense_processor
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if not self.block.active:
+            return self.dense_processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
+            raise ValueError(
+                "AT-EDM's pruning layer needs plain self-attention on [B, N, C] tokens "
+                "(no encoder_hidden_states, no attention_mask)"
+            )
+        batch, tokens, _ = hidden_states.shape
+        heads = attn.heads
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:  # [B, N, H*D] -> [B, H, N, D]
+            return t.view(batch, tokens, heads, -1).transpose(1, 2)
+
+        q = split_heads(attn.to_q(hidden_states))
+        k = split_heads(attn.to_k(hidden_states))
+        v = split_heads(attn.to_v(hidden_states))
+        backend = preference_for("attention_with_map", self.block.config.backend)
+        out, amap = ops.attention_with_map(q, k, v, attn.scale, backend=backend)
+        self.block.capture_map(amap)  # [B, N, N]
+        out = out.transpose(1, 2).reshape(batch, tokens, -1)  # [B, N, H*D]
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def check_prunable(transformer: nn.Module, name: str) -> None:
+    """Refuse blocks whose first self-attention the pruning processor cannot reproduce exactly."""
+    attn = transformer.transformer_blocks[0].attn1
+    unsupported = [
+        feature
+        for feature in ("group_norm", "spatial_norm", "norm_q", "norm_k")
+        if getattr(attn, feature, None) is not None
+    ]
+    if getattr(transformer.transformer_blocks[0], "only_cross_attention", False):
+        unsupported.append("only_cross_attention")
+    if getattr(transformer, "is_input_continuous", True) is not True:
+        unsupported.append("non-continuous input")
+    if unsupported:
+        raise ValueError(f"{name}: AT-EDM cannot prune this attention block ({', '.join(unsupported)})")
+
+
+class BlockPruner:
+    """AT-EDM on one ``Transformer2DModel``: installs the processor and hooks, and removes them again."""
+
+    def __init__(self, transformer: nn.Module, name: str, level: int, stage: str, position: str,
+                 config: AtEdmConfig) -> None:
+        check_prunable(transformer, name)
+        self.transformer = transformer
+        self.name = name
+        self.level = level  # feature level: 1 is the highest resolution
+        self.stage = stage  # "down", "mid" or "up"
+        self.position = position  # "F", "M" or "L" within its stage (mid: "M")
+        self.config = config
+        self.active = True  # set by the DSAP schedule before each U-Net call
+        self.last_tokens: tuple[int, int] | None = None  # (N, K) of the latest pruned call
+        self._amap: torch.Tensor | None = None  # [B, N, N] from the pruning layer's self-attention
+        self._restore: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # keep_idx, prune_idx, src
+
+        first = transformer.transformer_blocks[0]
+        self._attn = first.attn1
+        self._dense_processor = first.attn1.processor
+        first.attn1.processor = PruningAttnProcessor(self, self._dense_processor)
+        self._hooks = [first.register_forward_hook(self._prune)]
+        if transformer.use_linear_projection:
+            self._hooks.append(transformer.proj_out.register_forward_hook(self._recover))
+        else:
+            self._hooks.append(transformer.transformer_blocks[-1].register_forward_hook(self._recover))
+
+    def capture_map(self, amap: torch.Tensor) -> None:
+        self._amap = amap
+
+    def _prune(self, module, args, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        if not self.active:
+            return None
+        amap, self._amap = self._amap, None
+        cfg = self.config
+        tokens = hidden_states.shape[1]
+        keep = cfg.kept_tokens(tokens)
+        backend = preference_for("gwpr", cfg.backend)  # every pruning-path op has the same kernel family
+        scores = ops.gwpr(amap, cfg.num_iters, cfg.damping, backend=backend)  # [B, N]
+        keep_idx, prune_idx = ops.select_tokens(scores, keep, backend=backend)  # [B, K], [B, N-K]
+        src = ops.similarity_sources(amap, keep_idx, prune_idx, backend=backend)  # [B, N-K]
+        self._restore = (keep_idx, prune_idx, src)
+        self.last_tokens = (tokens, keep)
+        return ops.gather_tokens(hidden_states, keep_idx, backend=backend)  # [B, K, C]
+
+    def _recover(self, module, args, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        if not self.active:
+            return None
+        (keep_idx, prune_idx, src), self._restore = self._restore, None
+        backend = preference_for("recover_tokens", self.config.backend)
+        return ops.recover_tokens(hidden_states, keep_idx, prune_idx, src, backend=backend)  # [B, N, C]
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self._attn.processor = self._dense_processor
+        self._amap = self._restore = None
