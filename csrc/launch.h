@@ -38,4 +38,14 @@ inline DType as_dtype(int code) {
   return static_cast<DType>(code);
 }
 
+// Argument checks of the launchers: std::invalid_argument (Python ValueError) naming the launcher and the argument.
+inline void require(bool ok, const char* launcher, const std::string& what) {
+  if (!ok) throw std::invalid_argument(std::string("atedm_kernels._C.") + launcher + ": " + what);
+}
+
+// A device buffer that will be touched (elements > 0) must not be a null pointer.
+inline void require_ptr(std::uintptr_t ptr, int64_t elements, const char* launcher, const char* name) {
+  require(ptr != 0 || elements == 0, launcher, std::string(name) + " is a null pointer");
+}
+
 }  // namespace atedm

@@ -1,0 +1,213 @@
+"""Benchmark the CUDA pruning kernels of one AT-EDM pruning layer at SD-XL shapes.
+
+For each SD-XL attention level at 1024x1024 (B = 2, the classifier-free-guidance batch):
+
+* level 2: N = 4096 tokens, C = 640 channels, 10 heads of 64;
+* level 3: N = 1024 tokens, C = 1280 channels, 20 heads of 64;
+
+with K = round(keep_ratio * N) kept tokens (keep ratio 0.37: the paper's 63% pruning), an fp16 head-averaged map and
+10 G-WPR iterations, it times each kernel of the pruning path (gwpr, select_tokens, similarity_sources,
+gather_tokens, recover_tokens) through the extension's wrappers, reports its achieved GB/s over the bytes it must
+move and the fraction of the device-copy bandwidth measured in the same run (a large ``Tensor.copy_``, counted as
+read + write), and sets the layer's total pruning overhead against the same layer's fused attention
+(``atedm_kernels.attention_with_map(..., backend="triton")``). It also times the whole chain through the public ops
+(``backend="cuda"``), which adds the per-call Python dispatch cost an eager SD-XL step pays.
+
+Timing: ``triton.testing.do_bench`` (warm-up, L2 flushed before every run, median and 20/80% quantiles), or CUDA
+events with the same flush when Triton is missing. Inputs are random, never all zeros. Results go to ``--out`` as
+JSON with the device, software versions and raw timings.
+
+Usage: ``python benchmarks/benchmark_pruning_kernels.py [--out benchmarks/results/pruning_kernels.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+LEVELS = (
+    {"level": "4096 tokens (A2 blocks)", "batch": 2, "n": 4096, "channels": 640, "heads": 10},
+    {"level": "1024 tokens (A10 blocks)", "batch": 2, "n": 1024, "channels": 1280, "heads": 20},
+)
+HEAD_DIM = 64
+QUANTILES = (0.5, 0.2, 0.8)  # median first
+FLUSH_BYTES = 256 << 20  # L2 flush buffer for the CUDA-event fallback (larger than any current L2)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pruning_kernels.json"))
+    parser.add_argument("--keep-ratio", type=float, default=0.37)
+    parser.add_argument("--num-iters", type=int, default=10, help="G-WPR power iterations")
+    parser.add_argument("--warmup", type=int, default=25, help="warm-up time per measurement, ms")
+    parser.add_argument("--rep", type=int, default=200, help="measured time per measurement, ms")
+    parser.add_argument("--copy-gib", type=float, default=1.0, help="size of the bandwidth-ceiling copy, GiB")
+    return parser.parse_args()
+
+
+def make_timer(warmup: int, rep: int):
+    """``time(fn) -> [median, p20, p80]`` in ms, and the name of the method."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        return (lambda fn: list(do_bench(fn, warmup=warmup, rep=rep, quantiles=list(QUANTILES)))), "triton.do_bench"
+
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+
+    def time_events(fn):
+        for _ in range(5):  # warm-up
+            fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        runs = max(10, int(rep / max(start.elapsed_time(end), 1e-3)))
+        times = []
+        for _ in range(runs):
+            flush.zero_()
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        q = statistics.quantiles(times, n=10)
+        return [statistics.median(times), q[1], q[7]]
+
+    return time_events, "cuda events"
+
+
+def copy_bandwidth(time, gib: float) -> dict:
+    """Device-copy ceiling: bytes read + written by a large ``copy_`` over its median time."""
+    size = int(gib * (1 << 30))
+    src = torch.randint(0, 255, (size,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = time(lambda: dst.copy_(src))
+    del src, dst
+    torch.cuda.empty_cache()
+    return {"bytes": 2 * size, "ms": ms, "gb_per_s": 2 * size / ms[0] / 1e6}
+
+
+def bench_level(level: dict, args, time, ceiling_gbs: float) -> dict:
+    import atedm_kernels
+    from atedm_kernels.kernels import cuda
+
+    batch, n, channels, heads = level["batch"], level["n"], level["channels"], level["heads"]
+    keep = max(1, min(n, round(args.keep_ratio * n)))
+    elt = 2  # fp16 map and activations
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    amap = torch.softmax(torch.randn(batch, n, n, generator=gen, device="cuda"), dim=-1).half()
+    x = torch.randn(batch, n, channels, generator=gen, device="cuda").half()
+    scores = cuda.gwpr_cuda(amap, args.num_iters, 0.0)
+    keep_idx, prune_idx = cuda.select_tokens_cuda(scores, keep)
+    src = cuda.similarity_sources_cuda(amap, keep_idx, prune_idx)
+    x_kept = cuda.gather_tokens_cuda(x, keep_idx)
+
+    kernels = {
+        "gwpr": (
+            lambda: cuda.gwpr_cuda(amap, args.num_iters, 0.0),
+            args.num_iters * batch * n * n * elt + batch * n * 4,
+        ),
+        "select_tokens": (lambda: cuda.select_tokens_cuda(scores, keep), batch * n * 4 + batch * n * 8),
+        "similarity_sources": (
+            lambda: cuda.similarity_sources_cuda(amap, keep_idx, prune_idx),
+            batch * keep * (n - keep) * elt + batch * (n - keep) * 8,
+        ),
+        "gather_tokens": (lambda: cuda.gather_tokens_cuda(x, keep_idx), 2 * batch * keep * channels * elt),
+        "recover_tokens": (
+            lambda: cuda.recover_tokens_cuda(x_kept, keep_idx, prune_idx, src),
+            2 * batch * n * channels * elt,
+        ),
+    }
+    result = {**level, "keep": keep, "num_iters": args.num_iters, "kernels": {}}
+    for name, (fn, nbytes) in kernels.items():
+        ms = time(fn)
+        gbs = nbytes / ms[0] / 1e6
+        result["kernels"][name] = {"ms": ms, "bytes": nbytes, "gb_per_s": gbs, "fraction_of_copy": gbs / ceiling_gbs}
+    result["pruning_total_ms"] = sum(k["ms"][0] for k in result["kernels"].values())
+
+    def chain():
+        s = atedm_kernels.gwpr(amap, args.num_iters, backend="cuda")
+        ki, pi = atedm_kernels.select_tokens(s, keep, backend="cuda")
+        sr = atedm_kernels.similarity_sources(amap, ki, pi, backend="cuda")
+        xk = atedm_kernels.gather_tokens(x, ki, backend="cuda")
+        return atedm_kernels.recover_tokens(xk, ki, pi, sr, backend="cuda")
+
+    result["chain_through_ops_ms"] = time(chain)
+
+    try:
+        q, k, v = (torch.randn(batch, heads, n, HEAD_DIM, generator=gen, device="cuda").half() for _ in range(3))
+        attention_ms = time(lambda: atedm_kernels.attention_with_map(q, k, v, backend="triton"))
+        result["attention_with_map_ms"] = attention_ms
+        result["overhead_vs_attention"] = result["pruning_total_ms"] / attention_ms[0]
+    except Exception as exc:  # the Triton kernel is another module: report it missing, do not crash the run
+        result["attention_with_map_ms"] = None
+        result["attention_unavailable"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def print_level(res: dict) -> None:
+    print(f"\n{res['level']}: B={res['batch']} N={res['n']} C={res['channels']} K={res['keep']} T={res['num_iters']}")
+    print(f"  {'kernel':<20}{'median us':>11}{'GB/s':>9}{'of copy':>9}")
+    for name, k in res["kernels"].items():
+        print(f"  {name:<20}{k['ms'][0] * 1e3:>11.1f}{k['gb_per_s']:>9.0f}{k['fraction_of_copy']:>9.1%}")
+    print(f"  {'pruning total':<20}{res['pruning_total_ms'] * 1e3:>11.1f}")
+    print(f"  {'chain through ops':<20}{res['chain_through_ops_ms'][0] * 1e3:>11.1f}")
+    if res["attention_with_map_ms"] is None:
+        print(f"  attention_with_map (triton): unavailable ({res['attention_unavailable']})")
+    else:
+        att = res["attention_with_map_ms"][0] * 1e3
+        print(f"  attention_with_map (triton): {att:.1f} us; pruning overhead = {res['overhead_vs_attention']:.1%}")
+
+
+def main() -> None:
+    args = parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmark_pruning_kernels: no CUDA GPU (torch.cuda.is_available() is False); nothing to time")
+    try:
+        from atedm_kernels import _C
+    except ImportError as exc:
+        raise SystemExit(f"benchmark_pruning_kernels: the CUDA extension atedm_kernels._C is not built ({exc})")
+
+    time, method = make_timer(args.warmup, args.rep)
+    ceiling = copy_bandwidth(time, args.copy_gib)
+    print(f"{torch.cuda.get_device_name()}: device copy {ceiling['gb_per_s']:.0f} GB/s (timer: {method})")
+    levels = [bench_level(level, args, time, ceiling["gb_per_s"]) for level in LEVELS]
+    for res in levels:
+        print_level(res)
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "extension": _C.info(),
+        "timer": method,
+        "timings": "ms as [median, p20, p80]",
+        "keep_ratio": args.keep_ratio,
+        "copy_ceiling": ceiling,
+        "levels": levels,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
