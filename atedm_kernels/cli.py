@@ -1,48 +1,254 @@
-"""Command line of atedm-kernels."""
+"""``atedm`` (also ``python -m atedm_kernels``): demo, generate, flops, bench and eval."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 
 import torch
 
 
-def _run_ops(args: argparse.Namespace) -> int:
-    import atedm_kernels as ak
+def _device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    gen = torch.Generator().manual_seed(args.seed)
-    q, k, v = (torch.randn(args.batch, args.heads, args.tokens, 64, generator=gen) for _ in range(3))
-    out, amap = ak.attention_with_map(q, k, v)  # [B, H, N, D], [B, N, N]
-    scores = ak.gwpr(amap, 10)  # [B, N]
-    keep = max(1, round(args.keep_ratio * args.tokens))
-    keep_idx, prune_idx = ak.select_tokens(scores, keep)
-    src = ak.similarity_sources(amap, keep_idx, prune_idx)
-    tokens = out.transpose(1, 2).flatten(2)  # [B, N, H*D]
-    restored = ak.recover_tokens(ak.gather_tokens(tokens, keep_idx), keep_idx, prune_idx, src)
-    print(f"attention_with_map: out {tuple(out.shape)}, amap {tuple(amap.shape)} {amap.dtype}")
-    print(f"gwpr: scores sum to {scores.sum(-1).tolist()}")
-    print(f"select_tokens: kept {keep} of {args.tokens} per sample; first kept {keep_idx[0, :8].tolist()}")
-    print(f"recover_tokens: {tuple(restored.shape)}, kept tokens restored exactly: "
-          f"{bool(torch.equal(restored.gather(1, keep_idx[..., None].expand_as(restored[:, :keep])), tokens.gather(1, keep_idx[..., None].expand_as(restored[:, :keep]))))}")
+
+def _add_config_flags(parser: argparse.ArgumentParser, prune_less_default: int | None = 15) -> None:
+    group = parser.add_argument_group("AT-EDM")
+    group.add_argument("--keep-ratio", type=float, default=0.37, help="fraction of tokens kept (default 0.37)")
+    group.add_argument("--num-iters", type=int, default=10, help="G-WPR power iterations (default 10)")
+    group.add_argument("--prune-less-steps", type=int, default=prune_less_default,
+                       help="DSAP: early steps with the prune-less blocks dense"
+                       + (" (default 15)" if prune_less_default is not None else " (default 30%% of --steps)"))
+    group.add_argument("--prune-less-blocks", default="F-L", help="DSAP blocks left dense early (default F-L)")
+    group.add_argument("--dagger", action="store_true", help="AT-EDM-dagger: no pruning at the second level")
+    group.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cuda"])
+
+
+def _config(args: argparse.Namespace, steps: int | None = None):
+    from .sdxl import AtEdmConfig
+
+    prune_less = args.prune_less_steps
+    if prune_less is None:
+        prune_less = round(0.3 * steps)  # the paper's 15 of 50 steps
+    return AtEdmConfig(
+        keep_ratio=args.keep_ratio,
+        num_iters=args.num_iters,
+        prune_less_steps=prune_less,
+        prune_less_blocks=args.prune_less_blocks,
+        skip_second_level=args.dagger,
+        backend=args.backend,
+    )
+
+
+def _sito_config(args: argparse.Namespace):
+    from .sdxl.sito_layer import SiToConfig
+
+    return SiToConfig(prune_ratio=args.sito_prune_ratio)
+
+
+def _methods(args: argparse.Namespace, steps: int) -> dict:
+    """``{method: config}`` to compare against dense, from ``--method`` / ``--no-atedm``."""
+    if args.no_atedm:
+        return {}
+    return {m: (_config(args, steps) if m == "atedm" else _sito_config(args)) for m in args.method}
+
+
+def _meta_macs(unet_config: dict, height: int, width: int, methods: dict, steps: int) -> dict[str, int | None]:
+    """MACs per U-Net step (CFG batch 2, averaged over the schedule) for dense and each method."""
+    from diffusers import UNet2DConditionModel
+
+    from .flops import count_unet_macs
+
+    with torch.device("meta"):
+        meta = UNet2DConditionModel.from_config(unet_config)
+    macs: dict[str, int | None] = {"dense": count_unet_macs(meta, height, width, batch=2).total}
+    for method, config in methods.items():
+        macs[method] = count_unet_macs(meta, height, width, batch=2, config=config, phase="average",
+                                       num_steps=steps).total
+    return macs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import draw_selections, run_demo
+
+    device = _device(args.device)
+    scale = args.scale or ("full" if device.type == "cuda" else "tiny")
+    size = args.size or (1024 if scale == "full" else 256)
+    config = _config(args, args.steps)
+    print(f"atedm demo: random-weight SD-XL-architecture U-Net ({scale}) on {device}, {size}x{size} px, batch 2 "
+          f"(CFG), {args.steps} Euler steps, keep_ratio {config.keep_ratio}, prune-less steps "
+          f"{config.prune_less_steps}", flush=True)
+    result = run_demo(scale, args.steps, size, size, config, device, seed=args.seed)
+    print(f"{'':12}{'MACs/step':>14}{'time':>12}{'speed-up':>10}")
+    print(f"{'dense':12}{result.dense_macs / 1e9:>12.2f} G{result.dense_ms:>10.1f} ms{1.0:>9.2f}x")
+    print(f"{'AT-EDM':12}{result.atedm_macs / 1e9:>12.2f} G{result.atedm_ms:>10.1f} ms{result.speedup:>9.2f}x")
+    print(f"MACs saved: {1 - result.atedm_macs / result.dense_macs:.1%} (averaged over the DSAP schedule)")
+    picture = draw_selections(result.selections, Path(args.out) / "atedm_masks.png")
+    print(f"pruning masks and G-WPR scores: {picture}")
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import ModelNotAvailableError, generate_images, load_pipeline, save_results
+
+    device = _device(args.device)
+    try:
+        pipe = load_pipeline(args.model, device)
+    except ModelNotAvailableError as exc:
+        print(f"atedm generate: {exc}", file=sys.stderr)
+        return 2
+    pipe.set_progress_bar_config(disable=not sys.stderr.isatty())
+    methods = {"dense": None, **_methods(args, args.steps)}
+    macs = _meta_macs(pipe.unet.config, args.height, args.width, {k: v for k, v in methods.items() if v}, args.steps)
+    results = generate_images(pipe, args.prompt, methods, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                              height=args.height, width=args.width, macs=macs)
+    for r in results:
+        print(f"{r.method:6} {r.seconds:7.2f} s  {r.prompt}")
+    paths = save_results(results, Path(args.out))
+    print(f"wrote {len(paths)} images to {args.out} (side by side: {paths[-1]})")
+    return 0
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    from .flops import count_unet_macs
+    from .sdxl import build_sdxl_unet
+
+    meta = build_sdxl_unet(args.scale, device="meta")
+    config = _config(args, args.num_steps)
+    dense = count_unet_macs(meta, args.height, args.width, batch=args.batch)
+    print(dense.table())
+    print()
+    for phase in ("normal", "prune_less", "average"):
+        report = count_unet_macs(meta, args.height, args.width, batch=args.batch, config=config, phase=phase,
+                                 num_steps=args.num_steps)
+        print(f"AT-EDM {phase:10}: {report.total / 1e12:6.3f} T MACs per step "
+              f"({1 - report.total / dense.total:.1%} less than dense {dense.total / 1e12:.3f} T)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "unet_e2e.py"
+    if not script.is_file():
+        print("atedm bench: benchmarks/unet_e2e.py is not here (it ships with the source checkout)", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("atedm_unet_e2e", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(extra)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval import EvalSettings, evaluate, load_clip, read_captions
+    from .generate import ModelNotAvailableError, load_pipeline
+
+    try:
+        captions = read_captions(args.captions, args.num)
+    except FileNotFoundError as exc:
+        print(f"atedm eval: {exc}", file=sys.stderr)
+        return 2
+    from accelerate import PartialState
+
+    device = _device(args.device) if args.device else PartialState().device
+    try:
+        pipe = load_pipeline(args.model, device)
+    except ModelNotAvailableError as exc:
+        print(f"atedm eval: {exc}", file=sys.stderr)
+        return 2
+    pipe.set_progress_bar_config(disable=True)
+    settings = EvalSettings(steps=args.steps, guidance=args.guidance, height=args.height, width=args.width,
+                            seed=args.seed)
+    results = evaluate(pipe, captions, Path(args.out), _methods(args, args.steps), settings,
+                       clip_loader=lambda: load_clip(args.clip_model, device), feature=args.fid_feature,
+                       reference_images=Path(args.reference_images) if args.reference_images else None)
+    for method, scores in results.get("methods", {}).items():
+        print(f"{method:6} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _add_generation_flags(parser: argparse.ArgumentParser, size: int) -> None:
+    parser.add_argument("--model", required=True, help="local pipeline folder or an already-cached hub id")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--height", type=int, default=size)
+    parser.add_argument("--width", type=int, default=size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--method", nargs="+", default=["atedm"], choices=["atedm", "sito"],
+                        help="accelerations to compare with dense (default atedm)")
+    parser.add_argument("--no-atedm", action="store_true", help="dense only")
+    parser.add_argument("--sito-prune-ratio", type=float, default=0.5, help="SiTo prune ratio (default 0.5)")
+    _add_config_flags(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atedm", description="AT-EDM token pruning kernels for diffusion U-Nets")
-    sub = parser.add_subparsers(dest="command")
-    ops = sub.add_parser("ops", help="run the op chain once on random inputs and print what each op returned")
-    ops.add_argument("--batch", type=int, default=2)
-    ops.add_argument("--heads", type=int, default=4)
-    ops.add_argument("--tokens", type=int, default=256)
-    ops.add_argument("--keep-ratio", type=float, default=0.37)
-    ops.add_argument("--seed", type=int, default=0)
-    ops.set_defaults(func=_run_ops)
+    parser = argparse.ArgumentParser(prog="atedm", description="AT-EDM token pruning for diffusion U-Nets")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="dense vs AT-EDM on a random-weight SD-XL U-Net, no download",
+                          description="Runs a short denoising loop dense and with AT-EDM on a random-weight "
+                          "SD-XL-architecture U-Net (tiny on CPU, full on GPU); prints MACs, time and speed-up; "
+                          "writes a picture of the pruning masks and G-WPR scores.")
+    demo.add_argument("--scale", choices=["tiny", "full"], default=None, help="default: full on GPU, tiny on CPU")
+    demo.add_argument("--size", type=int, default=None, help="image side in pixels (default 1024 full, 256 tiny)")
+    demo.add_argument("--steps", type=int, default=10)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default=None)
+    demo.add_argument("--out", default="atedm_demo", help="output folder for the picture (default atedm_demo)")
+    _add_config_flags(demo, prune_less_default=None)
+    demo.set_defaults(func=cmd_demo)
+
+    gen = sub.add_parser("generate", help="generate images dense and accelerated, side by side",
+                         description="Generates each prompt dense and with AT-EDM (and/or SiTo) with the same "
+                         "seed from a local StableDiffusionXLPipeline; writes PNGs and a side-by-side grid.")
+    gen.add_argument("prompt", nargs="+", help="one or more prompts")
+    gen.add_argument("--out", default="atedm_images")
+    _add_generation_flags(gen, 1024)
+    gen.set_defaults(func=cmd_generate)
+
+    flops = sub.add_parser("flops", help="MACs per U-Net step, dense and under AT-EDM",
+                           description="Counts multiply-accumulates of one U-Net step on a meta-device model.")
+    flops.add_argument("--scale", choices=["tiny", "full"], default="full")
+    flops.add_argument("--height", type=int, default=1024)
+    flops.add_argument("--width", type=int, default=1024)
+    flops.add_argument("--batch", type=int, default=2, help="2 = one image with classifier-free guidance")
+    flops.add_argument("--num-steps", type=int, default=50)
+    _add_config_flags(flops)
+    flops.set_defaults(func=cmd_flops)
+
+    sub.add_parser("bench", help="end-to-end U-Net benchmark (arguments after 'bench' go to it)", add_help=False,
+                   description="Runs benchmarks/unet_e2e.py; 'atedm bench --help' shows its options.")
+
+    ev = sub.add_parser("eval", help="FID and CLIP score of accelerated vs dense generation",
+                        description="Generates a caption list dense and accelerated (resumable, data-parallel "
+                        "under accelerate/torchrun) and reports FID and CLIP score.")
+    ev.add_argument("--captions", required=True, help="COCO captions_val2017.json or a text file, one per line")
+    ev.add_argument("--num", type=int, default=None, help="use the first N deduplicated captions")
+    ev.add_argument("--out", default="atedm_eval")
+    ev.add_argument("--clip-model", default="laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
+                    help="CLIP in Hugging Face format, local folder or cached id (default: OpenCLIP ViT-bigG/14)")
+    ev.add_argument("--fid-feature", choices=["inception", "clip"], default="inception")
+    ev.add_argument("--reference-images", default=None, help="real images for FID (default: the dense images)")
+    _add_generation_flags(ev, 1024)
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["ops", *(argv or [])])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep the command's own output readable
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argparse.Namespace(), argv[1:])
+    args = build_parser().parse_args(argv)
     return args.func(args)

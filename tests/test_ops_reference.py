@@ -138,3 +138,14 @@ def test_non_contiguous_inputs(gen):
     torch.testing.assert_close(scores.double(), bf.gwpr(amap, 4), rtol=RTOL, atol=1e-9)
     keep_idx, prune_idx = ak.select_tokens(scores, 11, backend="reference")
     assert torch.equal(ak.gather_tokens(x, keep_idx, backend="reference"), bf.gather_tokens(x, keep_idx))
+
+
+def test_similarity_sources_ignores_nan(gen):
+    amap = random_map(gen, 1, 9)
+    keep_idx, prune_idx = torch.tensor([[1, 4, 6]]), torch.tensor([[0, 2, 3, 5, 7, 8]])
+    amap[0, 1, 2] = float("nan")  # NaN at the true maximum's competitor: never wins
+    amap[0, 4, 2] = 0.0
+    amap[0, 6, 2] = 0.5
+    amap[0, [1, 4, 6], 3] = float("nan")  # a column of NaN: position 0
+    src = ak.similarity_sources(amap, keep_idx, prune_idx, backend="reference")
+    assert src[0, 1] == 2 and src[0, 2] == 0

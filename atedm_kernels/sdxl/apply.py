@@ -96,6 +96,16 @@ class AtEdmHandle:
         dense_position = {"down": down, "up": up}.get(block.stage)
         return block.position != dense_position
 
+    @property
+    def step(self) -> int:
+        """The current denoising step index (-1 before the first U-Net call)."""
+        return self._step
+
+    def observe(self, observer) -> None:
+        """Call ``observer(block, scores [B, N], keep_idx [B, K])`` after every token selection (None: stop)."""
+        for block in self.blocks:
+            block.observer = observer
+
     def reset(self) -> None:
         """Start a new generation: the next U-Net call is step 0. Clears the statistics."""
         self._step = -1

@@ -16,6 +16,8 @@ Each batch element (both classifier-free-guidance halves included) gets its own 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -92,6 +94,8 @@ class BlockPruner:
         self.config = config
         self.active = True  # set by the DSAP schedule before each U-Net call
         self.last_tokens: tuple[int, int] | None = None  # (N, K) of the latest pruned call
+        # Called as observer(block, scores [B, N], keep_idx [B, K]) after each selection (pictures, debugging).
+        self.observer: Callable[[BlockPruner, torch.Tensor, torch.Tensor], None] | None = None
         self._amap: torch.Tensor | None = None  # [B, N, N] from the pruning layer's self-attention
         self._restore: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # keep_idx, prune_idx, src
 
@@ -121,6 +125,8 @@ class BlockPruner:
         src = ops.similarity_sources(amap, keep_idx, prune_idx, backend=backend)  # [B, N-K]
         self._restore = (keep_idx, prune_idx, src)
         self.last_tokens = (tokens, keep)
+        if self.observer is not None:
+            self.observer(self, scores, keep_idx)
         return ops.gather_tokens(hidden_states, keep_idx, backend=backend)  # [B, K, C]
 
     def _recover(self, module, args, hidden_states: torch.Tensor) -> torch.Tensor | None:
