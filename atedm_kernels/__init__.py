@@ -3,7 +3,7 @@
 Importing the package registers the ``torch.ops.atedm.*`` ops (see :mod:`atedm_kernels.ops` for the table).
 """
 
-from . import ops
+from . import ops, sito
 from .backends import BACKENDS, BackendUnavailableError
 from .ops import (
     attention,
@@ -30,4 +30,5 @@ __all__ = [
     "recover_tokens",
     "select_tokens",
     "similarity_sources",
+    "sito",
 ]

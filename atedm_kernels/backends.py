@@ -12,6 +12,7 @@ select_tokens          ``"cuda"``
 similarity_sources     ``"cuda"``
 gather_tokens          ``"cuda"``
 recover_tokens         ``"cuda"``
+gwpr_cross, sito_select  reference only
 =====================  ======================
 
 ``backend="auto"`` (the default, or whatever ``ATEDM_BACKEND`` names) picks the op's GPU backend for CUDA
@@ -42,6 +43,7 @@ OP_KERNELS: dict[str, tuple[str, ...]] = {
     "gather_tokens": ("cuda",),
     "recover_tokens": ("cuda",),
     "gwpr_cross": (),
+    "sito_select": (),
 }
 
 
@@ -87,6 +89,17 @@ def cuda_unavailable_reason(device: torch.device) -> str | None:
         )
     if device.type != "cuda":
         return f"the tensors are on {device.type!r}: the CUDA extension needs CUDA tensors"
+    return _arch_mismatch(device)
+
+
+def _arch_mismatch(device: torch.device) -> str | None:
+    """Why the extension's compiled architectures cannot run on ``device`` (``None`` when they can)."""
+    from . import _C
+
+    archs = [int(a) for a in str(_C.info()["cuda_archs"]).replace(";", ",").split(",") if a.strip().isdigit()]
+    major, minor = torch.cuda.get_device_capability(device)
+    if archs and 10 * major + minor < min(archs):
+        return f"the extension is built for sm_{min(archs)}+ but {device} is sm_{major}{minor}; rebuild with ATEDM_CUDA_ARCHS"
     return None
 
 

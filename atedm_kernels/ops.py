@@ -16,6 +16,8 @@ gather_tokens       x [B,N,C], idx [B,K] -> [B,K,C]                         ``ou
 recover_tokens      x_kept [B,K,C], keep_idx, prune_idx, src -> [B,N,C]     kept tokens in place, pruned ones copy
                                                                             ``x_kept[src]``
 gwpr_cross          ca_map [B,N,L], num_iters, kind -> scores [B,N] f32     CA-based G-WPR (reference only)
+sito_select         x [B,N,C], grid h, w, patch sx, sy, prune_ratio ->      SiTo's base/pruned/source selection
+                    keep_idx, prune_idx, src                                (:mod:`atedm_kernels.sito`)
 ==================  =====================================================  =========================================
 
 Each op takes a trailing ``backend`` string ("auto", "reference", "triton", "cuda"; see :mod:`.backends`). The

@@ -226,8 +226,8 @@ void gwpr(std::uintptr_t amap, std::uintptr_t scores, std::uintptr_t workspace, 
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
   check_cuda(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device), "cudaDeviceGetAttribute");
   const int64_t map_bytes = n * n * elt;
-  const bool batch_after_batch = batch > 1 && map_bytes <= l2_bytes && batch * map_bytes > l2_bytes;
-  const int64_t batch_chunk = batch_after_batch ? 1 : kMaxGridYZ;
+  // As many batch rows per launch as fit L2 together (at least one, at most the grid's z limit).
+  const int64_t batch_chunk = std::clamp<int64_t>(map_bytes > 0 ? l2_bytes / map_bytes : kMaxGridYZ, 1, kMaxGridYZ);
 
   dispatch_dtype(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -12,8 +12,7 @@
 // elements are compared; in sectors that is B*K*(N-K)*elt bytes at least and about B*K*N*elt (whole kept rows) when
 // the pruned columns are dense, as at 63% pruning; plus B*(N-K)*8 written. No FLOPs beyond the comparisons.
 //
-// NaN entries never win a comparison (the reference, whose max propagates NaN, returns the out-of-range K for such
-// a column); a column with no entry above -inf gets 0. Indices outside [0, N) are the caller's contract: a kept
+// NaN entries never win a comparison and a column with no entry above -inf gets 0, exactly as in the reference. Indices outside [0, N) are the caller's contract: a kept
 // row outside it is skipped, and a pruned column outside it gets 0 without any read.
 #include <algorithm>
 

@@ -18,14 +18,14 @@ Shapes: B batch, N tokens, K kept tokens, C channels; ``elt`` is the element siz
     ``2*B*N*C*elt`` bytes.
 
 Exact semantics are those of :mod:`atedm_kernels.reference` (select, sources, gather and recover are bitwise equal
-to it; gwpr agrees to float32 rounding and is bitwise deterministic run to run). Differences on inputs outside the
-ops' contract: a NaN in the map never wins ``similarity_sources`` (the reference returns the out-of-range ``K``);
-out-of-range indices are skipped by the copies instead of raising. Kernel designs are documented in ``csrc/*.cu``.
+to it, NaN maps included; gwpr agrees to float32 rounding and is bitwise deterministic run to run). On inputs outside
+the ops' contract, out-of-range indices are skipped by the copies instead of raising. Kernel designs are documented in ``csrc/*.cu``.
 
 Each wrapper makes its tensor inputs contiguous (``.contiguous()``: a copy only for non-contiguous views), allocates
 its outputs with ``torch.empty`` on the input's device (or checks and fills the preallocated ``out=`` tensors, which
 must be contiguous, of the exact shape and dtype and on the same device), and launches on that device's current
-stream. :mod:`atedm_kernels.ops` validates shapes and dtypes before calling these.
+stream. These wrappers are private: :mod:`atedm_kernels.ops` validates shapes, dtypes and devices before calling them; code
+that calls them directly (the kernel benchmark, to time them without dispatch) must pass valid inputs.
 """
 
 from __future__ import annotations

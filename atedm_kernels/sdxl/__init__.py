@@ -1,14 +1,19 @@
-"""AT-EDM on diffusers SD-XL: ``apply(pipe_or_unet, AtEdmConfig()) -> handle``, plus random-weight SD-XL models."""
+"""Token pruning on diffusers SD-XL: AT-EDM (``apply(pipe_or_unet, AtEdmConfig())``), SiTo
+(``apply_sito(pipe_or_unet, SiToConfig())``), both returning a handle, plus random-weight SD-XL models."""
 
 from .apply import AtEdmHandle, StepRecord, apply
 from .config import AtEdmConfig
 from .models import build_sdxl_unet, build_tiny_pipeline, sdxl_unet_config, tiny_unet_config, unet_inputs
+from .sito_layer import SiToConfig, SiToHandle, apply_sito
 
 __all__ = [
     "AtEdmConfig",
     "AtEdmHandle",
+    "SiToConfig",
+    "SiToHandle",
     "StepRecord",
     "apply",
+    "apply_sito",
     "build_sdxl_unet",
     "build_tiny_pipeline",
     "sdxl_unet_config",

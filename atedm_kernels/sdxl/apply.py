@@ -178,7 +178,7 @@ def apply(pipe_or_unet, config: AtEdmConfig | None = None) -> AtEdmHandle:
         raise TypeError(f"config must be an AtEdmConfig, got {type(config).__name__}")
     unet = _unet_of(pipe_or_unet)
     if getattr(unet, "_atedm_handle", None) is not None:
-        raise ValueError("pipe_or_unet already has AT-EDM applied; call handle.remove() first")
+        raise ValueError("pipe_or_unet already has a token-pruning method applied; call its handle.remove() first")
     handle = AtEdmHandle(unet, config)
     unet._atedm_handle = handle
     return handle

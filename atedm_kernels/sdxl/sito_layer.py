@@ -1,0 +1,335 @@
+"""SiTo on a diffusers SD U-Net: ``apply_sito(pipe_or_unet, SiToConfig()) -> SiToHandle``.
+
+Where SiTo prunes (as in the method's published diffusers patch): in **every** ``BasicTransformerBlock`` of the
+chosen levels, around the self-attention only.
+
+1. A forward pre-hook on the ``BasicTransformerBlock`` takes the block's input tokens ``x [B, N, C]`` (the residual
+   stream, before ``norm1``) and runs ``sito_select`` on them: base token per ``sy x sx`` patch, pruned tokens,
+   and each pruned token's most similar kept token (``keep_idx [B, K]``, ``prune_idx [B, N-K]``, ``src``).
+2. ``attn1``'s processor receives ``norm1(x) [B, N, C]``, gathers the K kept tokens, and runs the module's own
+   processor (diffusers' SDPA, or whatever fused attention was installed) on them: queries, keys and values are
+   all the K kept tokens, and ``to_q/to_k/to_v/to_out`` run on K tokens.
+3. ``recover_tokens`` scatters the K outputs back to N: each pruned token copies the attention output of its
+   ``src`` token, so the residual add ``attn_output + x`` and everything after it (cross-attention, feed-forward,
+   ``proj_out``) stay N-sized and dense.
+
+The token grid: a forward pre-hook on each ``Transformer2DModel`` reads its input ``hidden_states [B, C, H, W]``
+(before ``proj_in`` flattens it), so ``h, w`` are exact for any latent size, square or not, with no assumption
+about how the U-Net's downsamplers round odd sizes.
+
+The same handle interface as :class:`~atedm_kernels.sdxl.apply.AtEdmHandle`: step counting from distinct
+timesteps (reset when the timestep rises or by ``reset()``), ``stats()`` (one :class:`StepRecord` per step with
+N and K of every pruning layer), ``remove()``, context manager. SiTo has no DSAP; ``prune_less_steps`` (default 0)
+optionally runs the first steps dense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..backends import BACKENDS, preference_for
+from ..sito import sito_kept_tokens, sito_select
+from .apply import StepRecord, _attention_blocks, _timestep_value, _unet_of
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class SiToConfig:
+    """SiTo settings (defaults: the method's published setting, self-attention of every block pruned).
+
+    Attributes:
+        prune_ratio: fraction of each block's N tokens whose self-attention is not computed, in [0, 1);
+            ``r = min(round(prune_ratio * N), N - P)``, ``K = N - r`` (P patches: the base tokens always stay).
+            0 runs the pruning path with every token kept (the dense result).
+        sx, sy: base-token patch width and height in tokens (ints >= 1); partial last patches count as patches.
+        noise_alpha: scale of the Gaussian noise added to the similarity scores that choose base tokens (>= 0).
+        levels: feature levels whose attention blocks prune (1 = the latent's resolution; SD-XL's attention sits
+            at levels 2 and 3); ``None`` (default) = every level that has attention.
+        prune_less_steps: denoising steps ``< prune_less_steps`` run dense (SiTo itself has none: default 0).
+        seed: seed of the base-token noise, reseeded at every new generation, so a generation is reproducible;
+            ``None`` draws from torch's global RNG (``torch.compile`` traces that without a graph break).
+        backend: backend of the gather/recover ops ("auto", "reference", "cuda"; "triton" counts as "auto").
+    """
+
+    prune_ratio: float = 0.5
+    sx: int = 2
+    sy: int = 2
+    noise_alpha: float = 0.1
+    levels: tuple[int, ...] | None = None
+    prune_less_steps: int = 0
+    seed: int | None = None
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not _is_real(self.prune_ratio) or not 0.0 <= float(self.prune_ratio) < 1.0:
+            raise ValueError(f"prune_ratio must be a float in [0, 1), got {self.prune_ratio!r}")
+        for name in ("sx", "sy"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not _is_real(self.noise_alpha) or not 0.0 <= float(self.noise_alpha) < float("inf"):
+            raise ValueError(f"noise_alpha must be a finite float >= 0, got {self.noise_alpha!r}")
+        if self.levels is not None:
+            levels = self.levels
+            if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
+                raise ValueError(f"levels must be None or a sequence of ints >= 1, got {levels!r}")
+            levels = tuple(levels)
+            if not levels or not all(_is_int(v) and v >= 1 for v in levels):
+                raise ValueError(f"levels must be None or a non-empty sequence of ints >= 1, got {self.levels!r}")
+            object.__setattr__(self, "levels", tuple(sorted(set(levels))))
+        if not _is_int(self.prune_less_steps) or self.prune_less_steps < 0:
+            raise ValueError(f"prune_less_steps must be an int >= 0, got {self.prune_less_steps!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be None or an int, got {self.seed!r}")
+        if not isinstance(self.backend, str) or self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def kept_tokens(self, h: int, w: int) -> int:
+        """K for an ``h x w`` token grid: ``N - min(round(prune_ratio * N), N - P)``, ``N = h * w``."""
+        return sito_kept_tokens(h, w, self.sx, self.sy, self.prune_ratio)
+
+
+class _GridProbe:
+    """Forward pre-hook on a ``Transformer2DModel``: remembers the (H, W) of its ``[B, C, H, W]`` input."""
+
+    def __init__(self, transformer: nn.Module) -> None:
+        self.grid: tuple[int, int] | None = None
+        self._hook = transformer.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        self.grid = (hidden.shape[-2], hidden.shape[-1]) if hidden.ndim == 4 else None
+
+    def remove(self) -> None:
+        self._hook.remove()
+        self.grid = None
+
+
+class SiToAttnProcessor:
+    """``attn1`` processor of a SiTo layer: the module's own processor on the K kept tokens, recovered to N."""
+
+    def __init__(self, layer: "SiToLayer", dense_processor) -> None:
+        self.layer = layer
+        self.dense_processor = dense_processor
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        selection, self.layer._selection = self.layer._selection, None
+        if selection is None:
+            return self.dense_processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
+            raise ValueError(
+                "SiTo needs plain self-attention on [B, N, C] tokens (no encoder_hidden_states, no attention_mask)"
+            )
+        keep_idx, prune_idx, src = selection
+        backend = preference_for("gather_tokens", self.layer.config.backend)
+        kept = ops.gather_tokens(hidden_states, keep_idx, backend=backend)  # [B, K, C]
+        out = self.dense_processor(attn, kept, None, None, temb, **kwargs)  # [B, K, C]: q, k, v all from K tokens
+        return ops.recover_tokens(out, keep_idx, prune_idx, src, backend=backend)  # [B, N, C]
+
+
+def _check_sito_prunable(block: nn.Module, transformer: nn.Module, name: str) -> None:
+    attn = block.attn1
+    unsupported = [f for f in ("group_norm", "spatial_norm") if getattr(attn, f, None) is not None]
+    if getattr(attn, "residual_connection", False):
+        unsupported.append("residual_connection")
+    if getattr(block, "only_cross_attention", False):
+        unsupported.append("only_cross_attention")
+    if getattr(transformer, "is_input_continuous", True) is not True:
+        unsupported.append("non-continuous input")
+    if unsupported:
+        raise ValueError(f"{name}: SiTo cannot prune this self-attention ({', '.join(unsupported)})")
+
+
+class SiToLayer:
+    """SiTo on one ``BasicTransformerBlock``: a pre-hook that selects tokens and an ``attn1`` processor."""
+
+    def __init__(self, handle: "SiToHandle", block: nn.Module, probe: _GridProbe, name: str, level: int) -> None:
+        self.handle = handle
+        self.config = handle.config
+        self.block = block
+        self.probe = probe
+        self.name = name
+        self.level = level
+        self.active = True  # set by the schedule before each U-Net call
+        self.last_tokens: tuple[int, int] | None = None  # (N, K) of the latest pruned call
+        self._selection: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._dense_processor = block.attn1.processor
+        block.attn1.processor = SiToAttnProcessor(self, self._dense_processor)
+        self._hook = block.register_forward_pre_hook(self._select, with_kwargs=True)
+
+    def _select(self, module, args, kwargs):
+        self._selection = None
+        if not self.active:
+            return None
+        x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # [B, N, C], before norm1
+        grid = self.probe.grid
+        if x.ndim != 3 or grid is None or grid[0] * grid[1] != x.shape[1]:
+            raise ValueError(
+                f"{self.name}: SiTo needs [B, N, C] tokens of the block's [B, C, H, W] grid, got tokens "
+                f"{tuple(x.shape)} for grid {grid}"
+            )
+        cfg = self.config
+        h, w = grid
+        batch, tokens = x.shape[0], x.shape[1]
+        noise = None
+        if cfg.noise_alpha > 0 and cfg.prune_ratio > 0:
+            noise = self.handle.draw_noise(batch, tokens, x.device)  # [B, N] float32
+        keep_idx, prune_idx, src = sito_select(x, h, w, cfg.sx, cfg.sy, cfg.prune_ratio, noise, cfg.noise_alpha)
+        self._selection = (keep_idx, prune_idx, src)
+        self.last_tokens = (tokens, keep_idx.shape[1])
+        return None
+
+    def remove(self) -> None:
+        self._hook.remove()
+        self.block.attn1.processor = self._dense_processor
+        self._selection = None
+
+
+class SiToHandle:
+    """Undo handle of :func:`apply_sito`; also a context manager (``with apply_sito(pipe): ...``)."""
+
+    def __init__(self, unet: nn.Module, config: SiToConfig) -> None:
+        self.unet = unet
+        self.config = config
+        self.layers: list[SiToLayer] = []
+        self._probes: list[_GridProbe] = []
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._hook = None
+        try:
+            blocks = list(_attention_blocks(unet))
+            available = sorted({level for _, _, level, _, _ in blocks})
+            if config.levels is not None and not set(config.levels) <= set(available):
+                raise ValueError(
+                    f"levels {config.levels} are not all attention levels of this U-Net; it has {tuple(available)}"
+                )
+            for name, transformer, level, _, _ in blocks:
+                if config.levels is not None and level not in config.levels:
+                    continue
+                for j, block in enumerate(transformer.transformer_blocks):
+                    _check_sito_prunable(block, transformer, f"{name}.transformer_blocks.{j}")
+                probe = _GridProbe(transformer)
+                self._probes.append(probe)
+                for j, block in enumerate(transformer.transformer_blocks):
+                    self.layers.append(SiToLayer(self, block, probe, f"{name}.transformer_blocks.{j}", level))
+        except Exception:
+            self.remove()
+            raise
+        if not self.layers:
+            self.remove()
+            raise ValueError("pipe_or_unet has no attention block with self-attention for SiTo to prune")
+        self._hook = unet.register_forward_pre_hook(self._before_step, with_kwargs=True)
+        self.reset()
+
+    # -- schedule and noise ------------------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        """The current denoising step index (-1 before the first U-Net call)."""
+        return self._step
+
+    def reset(self) -> None:
+        """Start a new generation: the next U-Net call is step 0. Clears the statistics, reseeds the noise."""
+        self._step = -1
+        self._last_timestep: float | None = None
+        self._records: list[StepRecord] = []
+        self._generators = {}
+
+    def draw_noise(self, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
+        """Base-token noise ``[batch, tokens]`` (float32): global RNG, or the handle's seeded generator."""
+        if self.config.seed is None:
+            return torch.randn(batch, tokens, device=device)
+        return self._seeded_noise(batch, tokens, device)
+
+    @torch.compiler.disable
+    def _seeded_noise(self, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = self._generators[device] = torch.Generator(device=device).manual_seed(self.config.seed)
+        return torch.randn(batch, tokens, device=device, generator=gen)
+
+    @torch.compiler.disable
+    def _before_step(self, module, args, kwargs):
+        timestep = _timestep_value(args, kwargs)
+        if self._last_timestep is None or timestep > self._last_timestep:
+            if self._last_timestep is not None:
+                self.reset()
+            self._step = 0
+        elif timestep < self._last_timestep:
+            self._step += 1
+        self._last_timestep = timestep
+        self._finish_record()
+        phase = "prune_less" if self._step < self.config.prune_less_steps else "normal"
+        for layer in self.layers:
+            layer.active = phase == "normal"
+            layer.last_tokens = None
+        if not self._records or self._records[-1].step != self._step:
+            self._records.append(StepRecord(self._step, timestep, phase))
+
+    def _finish_record(self) -> None:
+        if not self._records:
+            return
+        record = self._records[-1]
+        for layer in self.layers:
+            if layer.active and layer.last_tokens is not None:
+                record.tokens[layer.name], record.kept[layer.name] = layer.last_tokens
+            else:
+                record.kept.setdefault(layer.name, None)
+
+    # -- results and teardown ----------------------------------------------------------------------------------
+
+    def stats(self) -> list[StepRecord]:
+        """One record per denoising step since the last reset (the current step included); keys are the names of
+        the ``BasicTransformerBlock``s (``"<attention block>.transformer_blocks.<j>"``)."""
+        self._finish_record()
+        return list(self._records)
+
+    def remove(self) -> None:
+        """Restore the U-Net exactly: processors back, hooks gone."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        for layer in self.layers:
+            layer.remove()
+        for probe in self._probes:
+            probe.remove()
+        self.layers, self._probes = [], []
+        if getattr(self.unet, "_atedm_handle", None) is self:
+            del self.unet._atedm_handle
+
+    def __enter__(self) -> "SiToHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def apply_sito(pipe_or_unet, config: SiToConfig | None = None) -> SiToHandle:
+    """Apply SiTo to a diffusers SD/SD-XL pipeline or U-Net in place; returns the handle that undoes it.
+
+    Every ``BasicTransformerBlock`` of ``config.levels`` (default: all attention levels) prunes its self-attention.
+    AT-EDM and SiTo both rewrite attention processors, so only one of them can be applied to a U-Net at a time.
+    """
+    if config is None:
+        config = SiToConfig()
+    if not isinstance(config, SiToConfig):
+        raise TypeError(f"config must be a SiToConfig, got {type(config).__name__}")
+    unet = _unet_of(pipe_or_unet)
+    existing = getattr(unet, "_atedm_handle", None)
+    if existing is not None:
+        raise ValueError(
+            f"pipe_or_unet already has token pruning applied ({type(existing).__name__}); call handle.remove() first"
+        )
+    handle = SiToHandle(unet, config)
+    unet._atedm_handle = handle  # the slot apply() checks: AT-EDM cannot be stacked on SiTo, nor SiTo on AT-EDM
+    return handle
