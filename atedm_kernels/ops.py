@@ -76,8 +76,10 @@ def _check_attention(op, q, k, v, scale, backend) -> float:
         raise ValueError(f"k must have shape [B={batch}, H={heads}, M, D={head_dim}], got {tuple(k.shape)}")
     if v.shape != k.shape:
         raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
-    if n_q == 0 or k.shape[2] == 0 or head_dim == 0:
-        raise ValueError(f"q and k must have N >= 1, M >= 1 and D >= 1, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if batch == 0 or heads == 0 or n_q == 0 or k.shape[2] == 0 or head_dim == 0:
+        raise ValueError(
+            f"q and k must have B, H, N, M and D >= 1, got q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
     if scale is None:
         return head_dim**-0.5
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:

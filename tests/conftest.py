@@ -1,10 +1,19 @@
 """Shared test configuration: ``gpu`` tests skip cleanly where CUDA is missing; every test gets fresh seeds."""
 
-import pytest
+import os
+
 import torch
 
-from atedm_kernels.sdxl import build_tiny_pipeline
-from atedm_kernels.sdxl.models import _tiny_tokenizer_files
+if not torch.cuda.is_available():
+    # Triton fixes interpreted-vs-compiled when triton.language is first imported (diffusers imports it early), so
+    # CPU runs must ask for the interpreter before anything else loads Triton. Never on a GPU: benchmarks and GPU
+    # tests there must run compiled kernels.
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from atedm_kernels.sdxl import build_tiny_pipeline  # noqa: E402
+from atedm_kernels.sdxl.models import _tiny_tokenizer_files  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

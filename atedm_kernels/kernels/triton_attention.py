@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import torch
 import triton
@@ -56,45 +57,54 @@ MAX_HEAD_DIM = 256  # beyond this a [BLOCK_M, D] fp32 accumulator no longer fits
 
 # Whether this module's kernels were built for the CPU interpreter: triton.jit decides it from TRITON_INTERPRET
 # when the module is imported, so the variable must be set before the first import.
-INTERPRETED: bool = triton.knobs.runtime.interpret
+# Releases without ``triton.knobs`` test the variable against "1" themselves.
+INTERPRETED: bool = (
+    triton.knobs.runtime.interpret if hasattr(triton, "knobs") else os.environ.get("TRITON_INTERPRET", "0") == "1"
+)
 
 
-def _fwd_configs() -> list[triton.Config]:
+# GPU tile candidates, (BLOCK_M, BLOCK_N, num_warps, num_stages), per kernel and operand kind; timing on the device
+# picks among them. All were compiled for sm_90 with Triton 3.9 at D = 40, 64, 128 and 256 (not run): each fits an
+# H100 block's shared memory (227 KiB), and ptxas reports no register spills for fp16/bf16 at any D (except
+# (128, 64, 4, 3) at D = 128, which timing will pass over) nor for fp32 at D <= 64. fp32 at D >= 128 spills
+# somewhat: it is the exact path, not the fast one.
+_TILES = {
+    # Pass 1, fp16/bf16 tensor cores, D <= 128: a tall query tile reuses each K/V tile over many rows; 3 stages
+    # pipeline the K/V loads.
+    ("fwd", "tc"): [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
+    # Pass 2, fp16/bf16, D <= 128: the [BLOCK_M, BLOCK_N] fp32 head sum stays in registers over the head loop.
+    ("map", "tc"): [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3)],
+    # D = 256: larger tiles overflow shared memory or spill.
+    ("fwd", "tc_wide"): [(64, 64, 8, 2), (64, 32, 4, 2)],
+    ("map", "tc_wide"): [(64, 64, 8, 2), (64, 32, 4, 2)],
+    # fp32 with IEEE dots runs on the FMA units, where the dot operands live in registers: small tiles only.
+    ("fwd", "fp32"): [(64, 32, 8, 2), (32, 32, 4, 2), (16, 64, 4, 2)],
+    ("map", "fp32"): [(64, 32, 8, 2), (32, 32, 4, 2), (64, 16, 4, 2)],
+}
+_CONFIGS = {
+    key: [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in tiles]
+    for key, tiles in _TILES.items()
+}
+
+
+def _tile_kind(block_d: int, dot_precision: str) -> str:
+    if dot_precision == "ieee":
+        return "fp32"
+    return "tc" if block_d <= 128 else "tc_wide"
+
+
+def _autotune(kernel: str):
+    """``triton.autotune`` over ``kernel``'s tiles, keyed on (N, M, D) (Triton adds the argument dtypes); the
+    candidate list is narrowed to the dtype and head dim of the call. Under TRITON_INTERPRET=1: one fixed small
+    tile (32 x 32, so the CPU tests' N, M of 30..200 cross several tiles and tails), no tuning."""
     if INTERPRETED:
-        # Small tiles so that the CPU tests' sizes (N, M of 30..130) cross several tiles and tails.
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})]
-    # H100 candidates, flash-attention forward style: a tall query tile amortises each K/V tile load over many
-    # rows; 64/128-key tiles keep the [BLOCK_M, BLOCK_N] logits in registers; 3-4 stages pipeline K/V loads.
-    return [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-    ]
+        return triton.autotune(configs=[triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})], key=[])
 
+    def prune(configs, named_args, **kwargs):
+        return _CONFIGS[(kernel, _tile_kind(kwargs["BLOCK_D"], kwargs["DOT_PRECISION"]))]
 
-def _map_configs() -> list[triton.Config]:
-    if INTERPRETED:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})]
-    # The map tile is the fp32 head-sum accumulator, live across the whole head loop: 64x64..128x128.
-    return [
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-    ]
-
-
-def _prune_configs(configs, named_args, **kwargs):
-    """Past D=128 a [BLOCK_M, D] accumulator plus staged K/V tiles only fit for tiles up to 64x64."""
-    if kwargs["BLOCK_D"] <= 128:
-        return configs
-    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
-
-
-_PRUNE = None if INTERPRETED else {"early_config_prune": _prune_configs}
+    configs = [c for (name, _), group in _CONFIGS.items() if name == kernel for c in group]
+    return triton.autotune(configs=configs, key=["N", "M", "HEAD_DIM"], prune_configs_by={"early_config_prune": prune})
 
 
 @triton.jit
@@ -108,7 +118,7 @@ def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST_BF16: tl.constexpr):
     return tl.dot(a, b, input_precision=DOT_PRECISION)
 
 
-@triton.autotune(configs=_fwd_configs(), key=["N", "M", "HEAD_DIM"], prune_configs_by=_PRUNE)
+@_autotune("fwd")
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, Out, Lse,  # q [B, H, N, D], k/v [B, H, M, D], out [B, H, N, D], lse [B, H, N] fp32 (base 2)
@@ -175,7 +185,7 @@ def _attn_fwd_kernel(
         tl.store(lse_ptrs, m_i + tl.math.log2(l_i), mask=row_ok)
 
 
-@triton.autotune(configs=_map_configs(), key=["N", "M", "HEAD_DIM"], prune_configs_by=_PRUNE)
+@_autotune("map")
 @triton.jit
 def _attn_map_kernel(
     Q, K, Lse, Amap,  # q [B, H, N, D], k [B, H, M, D], lse [B, H, N] fp32 (base 2), amap [B, N, M]
