@@ -33,7 +33,7 @@ from torch import nn
 from .. import ops
 from ..backends import BACKENDS, preference_for
 from ..sito import sito_kept_tokens, sito_select
-from .apply import StepRecord, _attention_blocks, _timestep_value, _unet_of
+from .schedule import PruningHandle, attention_blocks, unet_of
 
 
 def _is_int(value) -> bool:
@@ -196,18 +196,19 @@ class SiToLayer:
         self._selection = None
 
 
-class SiToHandle:
-    """Undo handle of :func:`apply_sito`; also a context manager (``with apply_sito(pipe): ...``)."""
+class SiToHandle(PruningHandle):
+    """Undo handle of :func:`apply_sito`; also a context manager (``with apply_sito(pipe): ...``).
+
+    Its units are the :class:`SiToLayer`s, one per pruned ``BasicTransformerBlock`` (``handle.layers``);
+    ``stats()`` keys are ``"<attention block>.transformer_blocks.<j>"``.
+    """
 
     def __init__(self, unet: nn.Module, config: SiToConfig) -> None:
-        self.unet = unet
-        self.config = config
-        self.layers: list[SiToLayer] = []
+        super().__init__(unet, config)
         self._probes: list[_GridProbe] = []
         self._generators: dict[torch.device, torch.Generator] = {}
-        self._hook = None
         try:
-            blocks = list(_attention_blocks(unet))
+            blocks = list(attention_blocks(unet))
             available = sorted({level for _, _, level, _, _ in blocks})
             if config.levels is not None and not set(config.levels) <= set(available):
                 raise ValueError(
@@ -221,28 +222,26 @@ class SiToHandle:
                 probe = _GridProbe(transformer)
                 self._probes.append(probe)
                 for j, block in enumerate(transformer.transformer_blocks):
-                    self.layers.append(SiToLayer(self, block, probe, f"{name}.transformer_blocks.{j}", level))
+                    self.units.append(SiToLayer(self, block, probe, f"{name}.transformer_blocks.{j}", level))
         except Exception:
             self.remove()
             raise
-        if not self.layers:
+        if not self.units:
             self.remove()
             raise ValueError("pipe_or_unet has no attention block with self-attention for SiTo to prune")
-        self._hook = unet.register_forward_pre_hook(self._before_step, with_kwargs=True)
-        self.reset()
-
-    # -- schedule and noise ------------------------------------------------------------------------------------
+        self._attach()
 
     @property
-    def step(self) -> int:
-        """The current denoising step index (-1 before the first U-Net call)."""
-        return self._step
+    def layers(self) -> list[SiToLayer]:
+        return self.units
+
+    def prunes(self, layer: SiToLayer, phase: str) -> bool:
+        """Every wrapped layer prunes in normal steps and none in the prune-less ones."""
+        return phase == "normal"
 
     def reset(self) -> None:
         """Start a new generation: the next U-Net call is step 0. Clears the statistics, reseeds the noise."""
-        self._step = -1
-        self._last_timestep: float | None = None
-        self._records: list[StepRecord] = []
+        super().reset()
         self._generators = {}
 
     def draw_noise(self, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
@@ -258,60 +257,12 @@ class SiToHandle:
             gen = self._generators[device] = torch.Generator(device=device).manual_seed(self.config.seed)
         return torch.randn(batch, tokens, device=device, generator=gen)
 
-    @torch.compiler.disable
-    def _before_step(self, module, args, kwargs):
-        timestep = _timestep_value(args, kwargs)
-        if self._last_timestep is None or timestep > self._last_timestep:
-            if self._last_timestep is not None:
-                self.reset()
-            self._step = 0
-        elif timestep < self._last_timestep:
-            self._step += 1
-        self._last_timestep = timestep
-        self._finish_record()
-        phase = "prune_less" if self._step < self.config.prune_less_steps else "normal"
-        for layer in self.layers:
-            layer.active = phase == "normal"
-            layer.last_tokens = None
-        if not self._records or self._records[-1].step != self._step:
-            self._records.append(StepRecord(self._step, timestep, phase))
-
-    def _finish_record(self) -> None:
-        if not self._records:
-            return
-        record = self._records[-1]
-        for layer in self.layers:
-            if layer.active and layer.last_tokens is not None:
-                record.tokens[layer.name], record.kept[layer.name] = layer.last_tokens
-            else:
-                record.kept.setdefault(layer.name, None)
-
-    # -- results and teardown ----------------------------------------------------------------------------------
-
-    def stats(self) -> list[StepRecord]:
-        """One record per denoising step since the last reset (the current step included); keys are the names of
-        the ``BasicTransformerBlock``s (``"<attention block>.transformer_blocks.<j>"``)."""
-        self._finish_record()
-        return list(self._records)
-
     def remove(self) -> None:
         """Restore the U-Net exactly: processors back, hooks gone."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        for layer in self.layers:
-            layer.remove()
+        super().remove()
         for probe in self._probes:
             probe.remove()
-        self.layers, self._probes = [], []
-        if getattr(self.unet, "_atedm_handle", None) is self:
-            del self.unet._atedm_handle
-
-    def __enter__(self) -> "SiToHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
+        self._probes = []
 
 
 def apply_sito(pipe_or_unet, config: SiToConfig | None = None) -> SiToHandle:
@@ -324,12 +275,4 @@ def apply_sito(pipe_or_unet, config: SiToConfig | None = None) -> SiToHandle:
         config = SiToConfig()
     if not isinstance(config, SiToConfig):
         raise TypeError(f"config must be a SiToConfig, got {type(config).__name__}")
-    unet = _unet_of(pipe_or_unet)
-    existing = getattr(unet, "_atedm_handle", None)
-    if existing is not None:
-        raise ValueError(
-            f"pipe_or_unet already has token pruning applied ({type(existing).__name__}); call handle.remove() first"
-        )
-    handle = SiToHandle(unet, config)
-    unet._atedm_handle = handle  # the slot apply() checks: AT-EDM cannot be stacked on SiTo, nor SiTo on AT-EDM
-    return handle
+    return SiToHandle(unet_of(pipe_or_unet), config)

@@ -1,0 +1,129 @@
+"""All kernel microbenchmarks in one table, each against the ceiling measured once in the same run.
+
+Runs, on one GPU:
+
+1. ``roofline.measure_ceilings``: device-copy bandwidth (GB/s) and bf16 matmul rate (TFLOP/s);
+2. ``benchmark_attention_with_map.run``: the fused attention (with and without the map), SDPA flash and the eager
+   map, at SD-XL's two attention shapes; rated in TFLOP/s against the matmul ceiling;
+3. ``benchmark_pruning_kernels.py`` (as a subprocess with ``--out``; it has no importable entry point): the CUDA
+   pruning-path kernels at the same levels; rated in GB/s against the copy ceiling.
+
+Every row: the median time, the achieved rate and its fraction of the matching ceiling (the scripts' own
+fractions, against ceilings they measure separately, stay in their raw reports). A script that fails is recorded
+in ``failed`` and makes the exit status non-zero; the others still run.
+
+    python benchmarks/kernels.py --out benchmarks/results/kernels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def attention_rows(ceilings: dict, warmup_ms: int, rep_ms: int) -> tuple[list[dict], dict]:
+    """Fused-attention rows (TFLOP/s vs the matmul ceiling) and the script's raw report."""
+    import benchmark_attention_with_map as attention
+
+    report = attention.run(["fp16", "bf16"], torch.float16, warmup_ms, rep_ms)
+    peak = ceilings["bf16_matmul"]["tflops"]
+    rows = [
+        {
+            "benchmark": "attention_with_map",
+            "case": f"B,H,N,M,D={','.join(map(str, r['shape_BHNMD']))} {r['dtype']}",
+            "name": r["method"],
+            "median_ms": r["median_ms"],
+            "rate": r["flops"] / r["median_ms"] / 1e9,
+            "unit": "TFLOP/s",
+            "fraction_of_ceiling": r["flops"] / r["median_ms"] / 1e9 / peak,
+        }
+        for r in report["results"]
+    ]
+    return rows, report
+
+
+def pruning_rows(ceilings: dict, warmup_ms: int, rep_ms: int) -> tuple[list[dict], dict]:
+    """Pruning-kernel rows (GB/s vs the copy ceiling) and the script's raw report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pruning.json"
+        cmd = [sys.executable, str(HERE / "benchmark_pruning_kernels.py"), "--out", str(out),
+               "--warmup", str(warmup_ms), "--rep", str(rep_ms)]
+        subprocess.run(cmd, check=True)
+        report = json.loads(out.read_text())
+    bandwidth = ceilings["copy"]["gb_per_s"]
+    rows = []
+    for level in report["levels"]:
+        case = f"B={level['batch']} N={level['n']} K={level['keep']} C={level['channels']}"
+        for name, kernel in level["kernels"].items():
+            median = kernel["ms"][0]  # [median, p20, p80]
+            rate = kernel["bytes"] / median / 1e6
+            rows.append({"benchmark": "pruning_kernels", "case": case, "name": name, "median_ms": median,
+                         "rate": rate, "unit": "GB/s", "fraction_of_ceiling": rate / bandwidth})
+        rows.append({"benchmark": "pruning_kernels", "case": case, "name": "chain through ops",
+                     "median_ms": level["chain_through_ops_ms"][0], "rate": None, "unit": None,
+                     "fraction_of_ceiling": None})
+    return rows, report
+
+
+def format_table(report: dict) -> str:
+    c = report["ceilings"]
+    lines = [
+        f"{report['device']}  torch {report['torch']}  triton {report['triton']}",
+        f"ceilings: copy {c['copy']['gb_per_s']:.0f} GB/s, bf16 matmul {c['bf16_matmul']['tflops']:.0f} TFLOP/s",
+    ]
+    header = f"{'benchmark':<20}{'case':<36}{'kernel':<20}{'median us':>11}{'rate':>16}{'of ceiling':>12}"
+    lines += [header, "-" * len(header)]
+    for r in report["rows"]:
+        rate = f"{r['rate']:.1f} {r['unit']}" if r["rate"] is not None else "-"
+        frac = f"{100 * r['fraction_of_ceiling']:.1f}%" if r["fraction_of_ceiling"] is not None else "-"
+        lines.append(f"{r['benchmark']:<20}{r['case']:<36}{r['name']:<20}{1e3 * r['median_ms']:>11.1f}{rate:>16}"
+                     f"{frac:>12}")
+    for name, reason in report["failed"].items():
+        lines.append(f"FAILED {name}: {reason}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up time per measurement, ms")
+    parser.add_argument("--rep", type=int, default=500, help="measured time per measurement, ms")
+    parser.add_argument("--out", help="write the table, the ceilings and every raw report to this JSON file")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("kernels: no CUDA device; this benchmark needs a GPU.", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(HERE))  # the benchmark scripts are siblings, not a package
+    import triton
+    from roofline import measure_ceilings
+
+    ceilings = measure_ceilings("cuda")
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "cuda": torch.version.cuda, "python": platform.python_version(), "ceilings": ceilings, "rows": [],
+              "raw": {}, "failed": {}}
+    for name, collect in (("attention_with_map", attention_rows), ("pruning_kernels", pruning_rows)):
+        try:
+            rows, raw = collect(ceilings, args.warmup, args.rep)
+        except Exception as exc:  # recorded and reflected in the exit status; the other benchmark still runs
+            report["failed"][name] = f"{type(exc).__name__}: {exc}"
+            continue
+        report["rows"] += rows
+        report["raw"][name] = raw
+    print(format_table(report))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.out}")
+    return 1 if report["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

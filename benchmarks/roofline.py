@@ -1,0 +1,108 @@
+"""The device's measured ceilings, the denominators of every "fraction of the ceiling" (SPEC.md section 7).
+
+* bandwidth: a large device-to-device ``Tensor.copy_`` (default 1 GiB), counted as ``bytes = 2 * size`` (one read,
+  one write) over its median time;
+* compute: a bf16 matmul ``[n, n] @ [n, n]`` (default n = 8192), ``2 * n^3`` FLOPs over its median time.
+
+Both are timed with ``triton.testing.do_bench`` (warm-up, L2 flushed before every run, median), or with CUDA events
+around single runs after a warm-up when Triton is missing. They are what this GPU reaches with PyTorch's own kernels,
+not datasheet peaks. ``measure_ceilings(device)`` is the API ``benchmarks/kernels.py`` uses.
+
+    python benchmarks/roofline.py --out benchmarks/results/roofline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+
+import torch
+
+
+def median_ms(fn, warmup_ms: float = 100, rep_ms: float = 500) -> tuple[float, list[float], str]:
+    """Median milliseconds of ``fn`` and the raw times: (median, times, timer name)."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        times = do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
+        return statistics.median(times), list(times), "triton.testing.do_bench"
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    runs = max(10, int(rep_ms / max(start.elapsed_time(end), 1e-3)))
+    for _ in range(max(1, int(warmup_ms / max(start.elapsed_time(end), 1e-3)))):
+        fn()
+    times = []
+    for _ in range(runs):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), times, "cuda events"
+
+
+def measure_ceilings(
+    device: str | torch.device = "cuda", copy_bytes: int = 1 << 30, matmul_n: int = 8192, warmup_ms: float = 100,
+    rep_ms: float = 500,
+) -> dict:
+    """Measured copy bandwidth (GB/s) and bf16 matmul rate (TFLOP/s) of ``device``, with their raw timings."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"device must be a CUDA device, got {device}")
+    gen = torch.Generator(device=device).manual_seed(0)
+    src = torch.randn(copy_bytes // 2, device=device, dtype=torch.float16, generator=gen)  # never all zeros
+    dst = torch.empty_like(src)
+    copy_ms, copy_times, timer = median_ms(lambda: dst.copy_(src), warmup_ms, rep_ms)
+    moved = 2 * src.numel() * src.element_size()  # read + write
+    del src, dst
+    a = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16, generator=gen)
+    b = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16, generator=gen)
+    mm_ms, mm_times, _ = median_ms(lambda: a @ b, warmup_ms, rep_ms)
+    del a, b
+    torch.cuda.empty_cache()
+    return {
+        "device": torch.cuda.get_device_name(device),
+        "timer": timer,
+        "copy": {"bytes": moved, "median_ms": copy_ms, "gb_per_s": moved / copy_ms / 1e6, "times_ms": copy_times},
+        "bf16_matmul": {
+            "n": matmul_n,
+            "flops": 2 * matmul_n**3,
+            "median_ms": mm_ms,
+            "tflops": 2 * matmul_n**3 / mm_ms / 1e9,
+            "times_ms": mm_times,
+        },
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--copy-gib", type=float, default=1.0, help="size of the copied buffer, GiB")
+    parser.add_argument("--matmul-n", type=int, default=8192)
+    parser.add_argument("--out", help="write the ceilings (raw timings included) to this JSON file")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("roofline: no CUDA device; this benchmark needs a GPU.", file=sys.stderr)
+        return 2
+    report = measure_ceilings("cuda", int(args.copy_gib * (1 << 30)), args.matmul_n)
+    report.update(torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version())
+    print(f"{report['device']} ({report['timer']}): copy {report['copy']['gb_per_s']:.0f} GB/s, "
+          f"bf16 matmul {report['bf16_matmul']['tflops']:.0f} TFLOP/s (n={args.matmul_n})")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

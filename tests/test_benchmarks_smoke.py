@@ -1,0 +1,47 @@
+"""The end-to-end benchmark's ``--smoke`` mode, in process on the CPU (tiny SD-XL-architecture U-Net)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    """A benchmark script as a module (``benchmarks/`` is a folder of scripts, not an installed package)."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unet_e2e_smoke(tmp_path, capsys):
+    e2e = load("unet_e2e")
+    out = tmp_path / "e2e.json"
+    assert e2e.main(["--smoke", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "SD-XL U-Net (tiny)" in capsys.readouterr().out
+    assert report["skipped"] == {}, report["skipped"]
+    rows = {row["variant"]: row for row in report["rows"]}
+    assert set(rows) == {*e2e.TIMED, "atedm-dsap-avg"}
+    for name in e2e.TIMED:
+        assert len(rows[name]["times_ms"]) == 3 and all(t > 0 for t in rows[name]["times_ms"])
+        assert rows[name]["median_ms"] > 0 and rows[name]["speedup_vs_dense"] > 0
+    assert rows["dense"]["speedup_vs_dense"] == 1.0
+    macs = {name: row["macs"] for name, row in rows.items()}
+    assert macs["atedm-normal"] < macs["atedm-dsap-avg"] < macs["atedm-prune-less"] < macs["dense"]
+    assert macs["atedm-normal"] < macs["atedm-dagger"] < macs["dense"] and macs["tomesd"] < macs["dense"]
+    assert rows["atedm-dsap-avg"]["median_ms"] == pytest.approx(
+        (15 * rows["atedm-prune-less"]["median_ms"] + 35 * rows["atedm-normal"]["median_ms"]) / 50
+    )
+    assert {"torch", "diffusers", "triton", "tomesd"} <= set(report["versions"])
+    assert report["settings"]["resolved_backends"]["attention_with_map"] == "reference"
+
+
+@pytest.mark.parametrize("name", ["unet_e2e", "kernels", "roofline"])
+def test_gpu_benchmarks_refuse_without_cuda(name, monkeypatch, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert load(name).main([]) == 2
+    assert "needs a GPU" in capsys.readouterr().err
