@@ -132,7 +132,7 @@ def draw_selections(selections: list[Selection], path: Path, max_steps: int = 4)
                 mask_ax.set_title(f"step {step}: kept", fontsize=9)
         axes[r, 0].set_ylabel(block.replace(".attentions.", "\nattn "), fontsize=8)
     fig.suptitle("AT-EDM token selection (batch element 0): scores, and kept tokens in white", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # leave the top strip to the title
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""End-to-end U-Net step: dense SD-XL vs AT-EDM (per DSAP phase, 50-step average, dagger) vs tomesd.
+"""End-to-end U-Net step: dense SD-XL vs AT-EDM (per DSAP phase, 50-step average, dagger) vs SiTo vs tomesd.
 
 One U-Net call (one denoising step of a classifier-free-guidance batch) of SD-XL base's architecture with random
 weights (``build_sdxl_unet``), by default fp16, batch 2, 1024x1024, timed for each variant side by side in one run:
@@ -9,6 +9,7 @@ weights (``build_sdxl_unet``), by default fp16, batch 2, 1024x1024, timed for ea
 * ``atedm-dsap-avg``: the mean step of a 50-step run, ``(15 * prune_less + 35 * normal) / 50``, computed from the
   two phase medians above (not timed as a run of its own);
 * ``atedm-dagger``: AT-EDM-dagger (no pruning at the second feature level), normal step;
+* ``sito``: SiTo (``SiToConfig()``: prune ratio 0.5 of every self-attention, 2x2 patches), on the same kernels;
 * ``tomesd``: ToMe for SD (``tomesd.apply_patch``) at the paper's setting for SD-XL (supplementary B.1): ratio 0.5,
   merging for self-attention, cross-attention and feed-forward, ``max_downsample=8`` to open its merge range to
   every level (SD-XL's attention levels are at downsampling 2 and 4; tomesd's default 1 merges nothing there).
@@ -43,29 +44,30 @@ import torch
 
 from atedm_kernels import flops
 from atedm_kernels.backends import BACKENDS, preference_for, resolve
-from atedm_kernels.sdxl import AtEdmConfig, apply, build_sdxl_unet, unet_inputs
+from atedm_kernels.sdxl import AtEdmConfig, SiToConfig, apply, apply_sito, build_sdxl_unet, unet_inputs
 
 ALWAYS_PRUNE_LESS = 2**30  # prune_less_steps so large that every call is a DSAP prune-less step
 PAPER_STEPS, PAPER_PRUNE_LESS_STEPS = 50, 15
 TOMESD_ARGS = {"ratio": 0.5, "max_downsample": 8, "merge_attn": True, "merge_crossattn": True, "merge_mlp": True}
-TIMED = ("dense", "atedm-normal", "atedm-prune-less", "atedm-dagger", "tomesd")
+TIMED = ("dense", "atedm-normal", "atedm-prune-less", "atedm-dagger", "sito", "tomesd")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 KERNEL_OPS = ("attention_with_map", "gwpr", "select_tokens", "similarity_sources", "gather_tokens", "recover_tokens")
-PHASE = {"atedm-normal": "normal", "atedm-prune-less": "prune_less", "atedm-dagger": "normal"}
+PHASE = {"atedm-normal": "normal", "atedm-prune-less": "prune_less", "atedm-dagger": "normal", "sito": "normal"}
 
 
-def atedm_configs(backend: str) -> dict[str, AtEdmConfig]:
-    """The AT-EDM variants, each pinned to the schedule phase ``PHASE`` names."""
+def pruning_configs(backend: str) -> dict[str, AtEdmConfig | SiToConfig]:
+    """The AT-EDM variants, each pinned to the schedule phase ``PHASE`` names, and SiTo at its paper setting."""
     return {
         "atedm-normal": AtEdmConfig(prune_less_steps=0, backend=backend),
         "atedm-prune-less": AtEdmConfig(prune_less_steps=ALWAYS_PRUNE_LESS, backend=backend),
         "atedm-dagger": AtEdmConfig(prune_less_steps=0, skip_second_level=True, backend=backend),
+        "sito": SiToConfig(backend=backend),
     }
 
 
 @contextlib.contextmanager
 def variant(unet, name: str, backend: str):
-    """The U-Net patched as ``name`` for the duration of the block, restored afterwards; yields the AT-EDM handle
+    """The U-Net patched as ``name`` for the duration of the block, restored afterwards; yields the pruning handle
     (None for dense and tomesd)."""
     if name == "dense":
         yield None
@@ -78,7 +80,8 @@ def variant(unet, name: str, backend: str):
         finally:
             tomesd.remove_patch(unet)
     else:
-        with apply(unet, atedm_configs(backend)[name]) as handle:
+        config = pruning_configs(backend)[name]
+        with (apply if isinstance(config, AtEdmConfig) else apply_sito)(unet, config) as handle:
             yield handle
 
 
@@ -95,7 +98,7 @@ def count_macs(scale: str, height: int, width: int, batch: int, names) -> dict[s
             with variant(twin, name, "reference"):
                 macs[name] = flops.count_forward_macs(twin, height, width, batch).total
         else:
-            config = atedm_configs("reference")[name]
+            config = pruning_configs("reference")[name]
             report = flops.count_unet_macs(twin, height, width, batch, config, PHASE[name], on_meta=on_meta)
             macs[name] = report.total
     return macs

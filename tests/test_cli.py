@@ -32,13 +32,15 @@ def test_generate_missing_model_fails_with_one_line(capsys):
 def test_generate_writes_images_and_grid(tmp_path, tiny_pipeline_dir, capsys):
     out = tmp_path / "images"
     code = main(["generate", "a red cube", "a blue ball", "--model", str(tiny_pipeline_dir), "--steps", "2",
-                 "--height", "64", "--width", "64", "--prune-less-steps", "1", "--out", str(out)])
+                 "--height", "64", "--width", "64", "--prune-less-steps", "1", "--method", "atedm", "sito",
+                 "--out", str(out)])
     assert code == 0
     names = sorted(p.name for p in out.glob("*.png"))
-    assert names == ["000_atedm.png", "000_dense.png", "001_atedm.png", "001_dense.png", "grid.png"]
+    expected = [f"{i:03d}_{m}.png" for i in range(2) for m in ("atedm", "dense", "sito")] + ["grid.png"]
+    assert names == expected
     from PIL import Image
 
-    assert Image.open(out / "grid.png").size[0] == 2 * 64
+    assert Image.open(out / "grid.png").size[0] == 3 * 64  # dense, AT-EDM and SiTo side by side, same seed
 
 
 def test_demo_writes_a_picture(tmp_path, capsys):
