@@ -1,0 +1,20 @@
+"""The README's result tables are generated from the committed JSON, never typed by hand."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_tables():
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_tables_match_the_committed_json():
+    tables = _readme_tables()
+    assert tables.section((ROOT / "README.md").read_text()) == tables.render().strip(), (
+        "README tables are stale: run `python benchmarks/readme_tables.py`"
+    )
