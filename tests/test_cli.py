@@ -76,3 +76,12 @@ def test_parser_lists_every_subcommand():
     parser = build_parser()
     choices = parser._subparsers._group_actions[0].choices
     assert set(SUBCOMMANDS) | {"bench"} <= set(choices)
+
+
+def test_bench_runs_the_e2e_benchmark_smoke(tmp_path, capsys):
+    out = tmp_path / "e2e.json"
+    assert main(["bench", "--smoke", "--variants", "dense", "atedm-normal", "--out", str(out)]) == 0
+    import json
+
+    rows = {row["variant"]: row for row in json.loads(out.read_text())["rows"]}
+    assert {"dense", "atedm-normal"} <= set(rows) and rows["atedm-normal"]["median_ms"] > 0
