@@ -13,8 +13,9 @@ read + write), and sets the layer's total pruning overhead against the same laye
 (``atedm_kernels.attention_with_map(..., backend="triton")``). It also times the whole chain through the public ops
 (``backend="cuda"``), which adds the per-call Python dispatch cost an eager SD-XL step pays.
 
-Timing: ``triton.testing.do_bench`` (warm-up, L2 flushed before every run, median and 20/80% quantiles), or CUDA
-events with the same flush when Triton is missing. Inputs are random, never all zeros. Results go to ``--out`` as
+Timing: ``roofline.median_ms`` (``triton.testing.do_bench``: warm-up, L2 flushed before every run, the median and
+every run's time; CUDA events with the same flush when Triton is missing), and the copy ceiling from
+``roofline.measure_ceilings``, both shared with the other kernel benchmarks. Inputs are random, never all zeros. Results go to ``--out`` as
 JSON with the device, software versions and raw timings.
 
 Usage: ``python benchmarks/benchmark_pruning_kernels.py [--out benchmarks/results/pruning_kernels.json]``
@@ -25,19 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 from pathlib import Path
 
 import torch
+from roofline import measure_ceilings, median_ms
 
 LEVELS = (
     {"level": "4096 tokens (A2 blocks)", "batch": 2, "n": 4096, "channels": 640, "heads": 10},
     {"level": "1024 tokens (A10 blocks)", "batch": 2, "n": 1024, "channels": 1280, "heads": 20},
 )
 HEAD_DIM = 64
-QUANTILES = (0.5, 0.2, 0.8)  # median first
-FLUSH_BYTES = 256 << 20  # L2 flush buffer for the CUDA-event fallback (larger than any current L2)
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,52 +48,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rep", type=int, default=200, help="measured time per measurement, ms")
     parser.add_argument("--copy-gib", type=float, default=1.0, help="size of the bandwidth-ceiling copy, GiB")
     return parser.parse_args()
-
-
-def make_timer(warmup: int, rep: int):
-    """``time(fn) -> [median, p20, p80]`` in ms, and the name of the method."""
-    try:
-        from triton.testing import do_bench
-    except ImportError:
-        do_bench = None
-    if do_bench is not None:
-        return (lambda fn: list(do_bench(fn, warmup=warmup, rep=rep, quantiles=list(QUANTILES)))), "triton.do_bench"
-
-    flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
-
-    def time_events(fn):
-        for _ in range(5):  # warm-up
-            fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        runs = max(10, int(rep / max(start.elapsed_time(end), 1e-3)))
-        times = []
-        for _ in range(runs):
-            flush.zero_()
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        q = statistics.quantiles(times, n=10)
-        return [statistics.median(times), q[1], q[7]]
-
-    return time_events, "cuda events"
-
-
-def copy_bandwidth(time, gib: float) -> dict:
-    """Device-copy ceiling: bytes read + written by a large ``copy_`` over its median time."""
-    size = int(gib * (1 << 30))
-    src = torch.randint(0, 255, (size,), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = time(lambda: dst.copy_(src))
-    del src, dst
-    torch.cuda.empty_cache()
-    return {"bytes": 2 * size, "ms": ms, "gb_per_s": 2 * size / ms[0] / 1e6}
 
 
 def bench_level(level: dict, args, time, ceiling_gbs: float) -> dict:
@@ -130,10 +83,12 @@ def bench_level(level: dict, args, time, ceiling_gbs: float) -> dict:
     }
     result = {**level, "keep": keep, "num_iters": args.num_iters, "kernels": {}}
     for name, (fn, nbytes) in kernels.items():
-        ms = time(fn)
-        gbs = nbytes / ms[0] / 1e6
-        result["kernels"][name] = {"ms": ms, "bytes": nbytes, "gb_per_s": gbs, "fraction_of_copy": gbs / ceiling_gbs}
-    result["pruning_total_ms"] = sum(k["ms"][0] for k in result["kernels"].values())
+        ms, times, _ = time(fn)
+        gbs = nbytes / ms / 1e6
+        result["kernels"][name] = {
+            "ms": ms, "times_ms": times, "bytes": nbytes, "gb_per_s": gbs, "fraction_of_copy": gbs / ceiling_gbs
+        }
+    result["pruning_total_ms"] = sum(k["ms"] for k in result["kernels"].values())
 
     def chain():
         s = atedm_kernels.gwpr(amap, args.num_iters, backend="cuda")
@@ -142,13 +97,13 @@ def bench_level(level: dict, args, time, ceiling_gbs: float) -> dict:
         xk = atedm_kernels.gather_tokens(x, ki, backend="cuda")
         return atedm_kernels.recover_tokens(xk, ki, pi, sr, backend="cuda")
 
-    result["chain_through_ops_ms"] = time(chain)
+    result["chain_through_ops_ms"] = time(chain)[0]
 
     try:
         q, k, v = (torch.randn(batch, heads, n, HEAD_DIM, generator=gen, device="cuda").half() for _ in range(3))
-        attention_ms = time(lambda: atedm_kernels.attention_with_map(q, k, v, backend="triton"))
+        attention_ms = time(lambda: atedm_kernels.attention_with_map(q, k, v, backend="triton"))[0]
         result["attention_with_map_ms"] = attention_ms
-        result["overhead_vs_attention"] = result["pruning_total_ms"] / attention_ms[0]
+        result["overhead_vs_attention"] = result["pruning_total_ms"] / attention_ms
     except Exception as exc:  # the Triton kernel is another module: report it missing, do not crash the run
         result["attention_with_map_ms"] = None
         result["attention_unavailable"] = f"{type(exc).__name__}: {exc}"
@@ -159,13 +114,13 @@ def print_level(res: dict) -> None:
     print(f"\n{res['level']}: B={res['batch']} N={res['n']} C={res['channels']} K={res['keep']} T={res['num_iters']}")
     print(f"  {'kernel':<20}{'median us':>11}{'GB/s':>9}{'of copy':>9}")
     for name, k in res["kernels"].items():
-        print(f"  {name:<20}{k['ms'][0] * 1e3:>11.1f}{k['gb_per_s']:>9.0f}{k['fraction_of_copy']:>9.1%}")
+        print(f"  {name:<20}{k['ms'] * 1e3:>11.1f}{k['gb_per_s']:>9.0f}{k['fraction_of_copy']:>9.1%}")
     print(f"  {'pruning total':<20}{res['pruning_total_ms'] * 1e3:>11.1f}")
-    print(f"  {'chain through ops':<20}{res['chain_through_ops_ms'][0] * 1e3:>11.1f}")
+    print(f"  {'chain through ops':<20}{res['chain_through_ops_ms'] * 1e3:>11.1f}")
     if res["attention_with_map_ms"] is None:
         print(f"  attention_with_map (triton): unavailable ({res['attention_unavailable']})")
     else:
-        att = res["attention_with_map_ms"][0] * 1e3
+        att = res["attention_with_map_ms"] * 1e3
         print(f"  attention_with_map (triton): {att:.1f} us; pruning overhead = {res['overhead_vs_attention']:.1%}")
 
 
@@ -178,8 +133,12 @@ def main() -> None:
     except ImportError as exc:
         raise SystemExit(f"benchmark_pruning_kernels: the CUDA extension atedm_kernels._C is not built ({exc})")
 
-    time, method = make_timer(args.warmup, args.rep)
-    ceiling = copy_bandwidth(time, args.copy_gib)
+    def time(fn):
+        return median_ms(fn, args.warmup, args.rep)
+
+    ceilings = measure_ceilings("cuda", copy_bytes=int(args.copy_gib * (1 << 30)), warmup_ms=args.warmup,
+                                rep_ms=args.rep)
+    ceiling, method = ceilings["copy"], ceilings["timer"]
     print(f"{torch.cuda.get_device_name()}: device copy {ceiling['gb_per_s']:.0f} GB/s (timer: {method})")
     levels = [bench_level(level, args, time, ceiling["gb_per_s"]) for level in LEVELS]
     for res in levels:
@@ -199,9 +158,9 @@ def main() -> None:
         "python": platform.python_version(),
         "extension": _C.info(),
         "timer": method,
-        "timings": "ms as [median, p20, p80]",
+        "timings": "ms: median; times_ms: every run",
         "keep_ratio": args.keep_ratio,
-        "copy_ceiling": ceiling,
+        "ceilings": ceilings,
         "levels": levels,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

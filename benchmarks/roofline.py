@@ -21,6 +21,8 @@ import sys
 
 import torch
 
+L2_FLUSH_BYTES = 256 << 20  # zeroed before every CUDA-event run: larger than any current L2
+
 
 def median_ms(fn, warmup_ms: float = 100, rep_ms: float = 500) -> tuple[float, list[float], str]:
     """Median milliseconds of ``fn`` and the raw times: (median, times, timer name)."""
@@ -41,8 +43,10 @@ def median_ms(fn, warmup_ms: float = 100, rep_ms: float = 500) -> tuple[float, l
     runs = max(10, int(rep_ms / max(start.elapsed_time(end), 1e-3)))
     for _ in range(max(1, int(warmup_ms / max(start.elapsed_time(end), 1e-3)))):
         fn()
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     times = []
     for _ in range(runs):
+        flush.zero_()  # a cold L2 before every run, as do_bench does
         start.record()
         fn()
         end.record()
