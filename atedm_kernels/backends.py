@@ -96,6 +96,8 @@ def _arch_mismatch(device: torch.device) -> str | None:
     """Why the extension's compiled architectures cannot run on ``device`` (``None`` when they can)."""
     from . import _C
 
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
     archs = [int(a) for a in str(_C.info()["cuda_archs"]).replace(";", ",").split(",") if a.strip().isdigit()]
     major, minor = torch.cuda.get_device_capability(device)
     if archs and 10 * major + minor < min(archs):
