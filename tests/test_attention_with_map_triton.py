@@ -104,6 +104,7 @@ CASES = [
     ((1, 2, 24, 29, 40), torch.float16, torch.float16, False),  # SD-1.5's head dim: padded to 64, masked
     ((2, 2, 5, 200, 32), torch.bfloat16, torch.bfloat16, True),  # long rows: the online softmax's rescaling
     ((1, 1, 1, 1, 16), torch.float32, torch.float32, False),  # one query, one key
+    ((1, 1, 20, 18, 256), torch.float16, torch.float32, False),  # the widest head dim the kernel takes
 ]
 
 
@@ -158,6 +159,24 @@ def test_rejects_unsupported_head_dim_and_bad_outputs():
         ta.attention_triton(q, q, q, 0.1, out=torch.empty(1, 1, 4, 8, device=DEVICE))
     with pytest.raises(ValueError, match="^amap "):
         ta.attention_with_map_triton(q, q, q, 0.1, torch.float16, amap=torch.empty(1, 4, 4, device=DEVICE))
+
+
+def test_rejects_outputs_that_alias_inputs_or_overlap():
+    q, k, v = _qkv((1, 2, 12, 12, 16), torch.float32, seed=4)
+    with pytest.raises(ValueError, match="^out .*storage"):
+        ta.attention_triton(q, k, v, 0.25, out=q)
+    with pytest.raises(ValueError, match="^amap .*overlapping"):
+        ta.attention_with_map_triton(q, k, v, 0.25, torch.float32,
+                                     amap=torch.empty(1, 12, 1, device=DEVICE).expand(1, 12, 12))
+
+
+def test_fresh_out_keeps_q_layout_as_the_fake_promises():
+    """The pruning layer passes [B, N, H, D].transpose(1, 2) views: out must have the strides torch.compile traced."""
+    q, k, v = _qkv((2, 3, 11, 9, 16), torch.float16, seed=5, transposed=True)  # [B, H, N, D] views of [B, N, H, D]
+    out, amap = atedm_kernels.attention_with_map(q, k, v, backend="triton")
+    assert out.stride() == torch.empty_like(q).stride() and amap.is_contiguous()
+    torch.library.opcheck(torch.ops.atedm.attention_with_map.default, (q, k, v, None, None, "triton"))
+    torch.library.opcheck(torch.ops.atedm.attention.default, (q, k, v, None, "triton"))
 
 
 # --------------------------------------------------------------------------------------------------------------

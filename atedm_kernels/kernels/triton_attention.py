@@ -144,8 +144,8 @@ def _attn_fwd_kernel(
     off_b = (bh // H).to(tl.int64)
     off_h = (bh % H).to(tl.int64)
 
-    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] query rows
-    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N] keys within a tile
+    offs_m = (tile_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # [BLOCK_M] query rows (x strides: int64)
+    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N] keys within a tile (the tile start advances the pointers)
     offs_d = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     row_ok = offs_m < N
     d_ok = offs_d < HEAD_DIM
@@ -211,8 +211,8 @@ def _attn_map_kernel(
     tile_m = (pid // num_n_tiles) % num_m_tiles
     off_b = (pid // (num_n_tiles * num_m_tiles)).to(tl.int64)
 
-    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] query rows
-    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] keys
+    offs_m = (tile_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # [BLOCK_M] query rows (x strides: int64)
+    offs_n = (tile_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)  # [BLOCK_N] keys
     offs_d = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     row_ok = offs_m < N
     key_ok = offs_n < M
@@ -256,17 +256,29 @@ def _block_d(q: torch.Tensor) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _output(name: str, given: torch.Tensor | None, shape, dtype: torch.dtype, device: torch.device):
-    """``given`` checked against the expected output, or a fresh ``torch.empty`` (every element gets written)."""
+def _output(
+    name: str, given: torch.Tensor | None, shape, dtype: torch.dtype, inputs: tuple[torch.Tensor, ...], like_q: bool
+):
+    """``given`` checked against the expected output, or a fresh uninitialised one (every element gets written).
+
+    A fresh ``out`` takes q's layout (``torch.empty_like``), as the op's fake implementation promises, so compiled
+    graphs see the strides they traced; a fresh map is contiguous.
+    """
+    q = inputs[0]
     if given is None:
-        return torch.empty(shape, dtype=dtype, device=device)
+        return torch.empty_like(q) if like_q else q.new_empty(shape, dtype=dtype)
     if not isinstance(given, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(given).__name__}")
-    if tuple(given.shape) != tuple(shape) or given.dtype != dtype or given.device != device:
+    if tuple(given.shape) != tuple(shape) or given.dtype != dtype or given.device != q.device:
         raise ValueError(
-            f"{name} must be a {dtype} tensor of shape {tuple(shape)} on {device}, "
+            f"{name} must be a {dtype} tensor of shape {tuple(shape)} on {q.device}, "
             f"got {given.dtype} {tuple(given.shape)} on {given.device}"
         )
+    if torch._debug_has_internal_overlap(given) == 1:
+        raise ValueError(f"{name} has overlapping elements (e.g. an expanded view); it must be writable element-wise")
+    storage = given.untyped_storage().data_ptr()
+    if any(t.untyped_storage().data_ptr() == storage for t in inputs):
+        raise ValueError(f"{name} shares storage with q, k or v; the kernels read those while writing {name}")
     return given
 
 
@@ -284,7 +296,7 @@ def _forward(q, k, v, scale: float, out, write_lse: bool):
     batch, heads, n_q, head_dim = q.shape
     n_k = k.shape[2]
     block_d = _block_d(q)
-    out = _output("out", out, q.shape, q.dtype, q.device)  # [B, H, N, D]
+    out = _output("out", out, q.shape, q.dtype, (q, k, v), like_q=True)  # [B, H, N, D]
     # lse [B, H, N] fp32, base 2. Plain attention passes a never-written 1-element fp32 placeholder: the same
     # argument dtypes, so both calls share one autotuning result and `out` is bitwise the same with or without map.
     lse = torch.empty((batch, heads, n_q) if write_lse else (1,), dtype=torch.float32, device=q.device)
@@ -326,8 +338,8 @@ def attention_with_map_triton(
     """
     batch, heads, n_q, head_dim = q.shape
     n_k = k.shape[2]
+    amap = _output("amap", amap, (batch, n_q, n_k), map_dtype, (q, k, v), like_q=False)  # [B, N, M], before any launch
     out, lse = _forward(q, k, v, scale, out, write_lse=True)
-    amap = _output("amap", amap, (batch, n_q, n_k), map_dtype, q.device)  # [B, N, M]
     if amap.numel() == 0:
         return out, amap
     if heads == 0:
