@@ -16,13 +16,13 @@ def _device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, prune_less_default: int | None = 15) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("AT-EDM")
     group.add_argument("--keep-ratio", type=float, default=0.37, help="fraction of tokens kept (default 0.37)")
     group.add_argument("--num-iters", type=int, default=10, help="G-WPR power iterations (default 10)")
-    group.add_argument("--prune-less-steps", type=int, default=prune_less_default,
-                       help="DSAP: early steps with the prune-less blocks dense"
-                       + (" (default 15)" if prune_less_default is not None else " (default 30%% of --steps)"))
+    group.add_argument("--prune-less-steps", type=int, default=None,
+                       help="DSAP: early steps with the prune-less blocks dense (default 30%% of the steps: the "
+                       "paper's 15 of 50)")
     group.add_argument("--prune-less-blocks", default="F-L", help="DSAP blocks left dense early (default F-L)")
     group.add_argument("--dagger", action="store_true", help="AT-EDM-dagger: no pruning at the second level")
     group.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cuda"])
@@ -50,24 +50,36 @@ def _sito_config(args: argparse.Namespace):
     return SiToConfig(prune_ratio=args.sito_prune_ratio)
 
 
+def _method_list(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(methods) - {"atedm", "sito"})
+    if not methods or unknown:
+        raise argparse.ArgumentTypeError(f"methods are 'atedm' and 'sito' (comma-separated), got {text!r}")
+    return methods
+
+
 def _methods(args: argparse.Namespace, steps: int) -> dict:
     """``{method: config}`` to compare against dense, from ``--method`` / ``--no-atedm``."""
     if args.no_atedm:
+        if args.method is not None:
+            raise ValueError("--no-atedm (dense only) cannot be combined with --method")
         return {}
-    return {m: (_config(args, steps) if m == "atedm" else _sito_config(args)) for m in args.method}
+    return {m: (_config(args, steps) if m == "atedm" else _sito_config(args)) for m in args.method or ["atedm"]}
 
 
-def _meta_macs(unet_config: dict, height: int, width: int, methods: dict, steps: int) -> dict[str, int | None]:
-    """MACs per U-Net step (CFG batch 2, averaged over the schedule) for dense and each method."""
+def _meta_macs(unet_config: dict, height: int, width: int, methods: dict, steps: int,
+               batch: int) -> dict[str, int | None]:
+    """MACs per U-Net step (averaged over the schedule) for dense and each method; ``batch`` 2 with
+    classifier-free guidance, 1 without."""
     from diffusers import UNet2DConditionModel
 
     from .flops import count_unet_macs
 
     with torch.device("meta"):
         meta = UNet2DConditionModel.from_config(unet_config)
-    macs: dict[str, int | None] = {"dense": count_unet_macs(meta, height, width, batch=2).total}
+    macs: dict[str, int | None] = {"dense": count_unet_macs(meta, height, width, batch=batch).total}
     for method, config in methods.items():
-        macs[method] = count_unet_macs(meta, height, width, batch=2, config=config, phase="average",
+        macs[method] = count_unet_macs(meta, height, width, batch=batch, config=config, phase="average",
                                        num_steps=steps).total
     return macs
 
@@ -99,14 +111,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import ModelNotAvailableError, generate_images, load_pipeline, save_results
 
     device = _device(args.device)
+    methods = {"dense": None, **_methods(args, args.steps)}  # bad flags fail here, before a pipeline loads
     try:
         pipe = load_pipeline(args.model, device)
     except ModelNotAvailableError as exc:
         print(f"atedm generate: {exc}", file=sys.stderr)
         return 2
     pipe.set_progress_bar_config(disable=not sys.stderr.isatty())
-    methods = {"dense": None, **_methods(args, args.steps)}
-    macs = _meta_macs(pipe.unet.config, args.height, args.width, {k: v for k, v in methods.items() if v}, args.steps)
+    batch = 2 if args.guidance > 1 else 1  # the pipeline batches the unconditional half only with guidance
+    macs = _meta_macs(pipe.unet.config, args.height, args.width, {k: v for k, v in methods.items() if v},
+                      args.steps, batch)
     results = generate_images(pipe, args.prompt, methods, seed=args.seed, steps=args.steps, guidance=args.guidance,
                               height=args.height, width=args.width, macs=macs)
     for r in results:
@@ -157,6 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 2
     from accelerate import PartialState
 
+    methods = _methods(args, args.steps)  # bad flags fail here, before a pipeline loads
     device = _device(args.device) if args.device else PartialState().device
     try:
         pipe = load_pipeline(args.model, device)
@@ -166,7 +181,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     settings = EvalSettings(steps=args.steps, guidance=args.guidance, height=args.height, width=args.width,
                             seed=args.seed)
-    results = evaluate(pipe, captions, Path(args.out), _methods(args, args.steps), settings,
+    results = evaluate(pipe, captions, Path(args.out), methods, settings,
                        clip_loader=lambda: load_clip(args.clip_model, device), feature=args.fid_feature,
                        reference_images=Path(args.reference_images) if args.reference_images else None)
     for method, scores in results.get("methods", {}).items():
@@ -185,8 +200,8 @@ def _add_generation_flags(parser: argparse.ArgumentParser, size: int) -> None:
     parser.add_argument("--width", type=int, default=size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--method", nargs="+", default=["atedm"], choices=["atedm", "sito"],
-                        help="accelerations to compare with dense (default atedm)")
+    parser.add_argument("--method", type=_method_list, default=None,
+                        help="accelerations to compare with dense, comma-separated: atedm, sito (default atedm)")
     parser.add_argument("--no-atedm", action="store_true", help="dense only")
     parser.add_argument("--sito-prune-ratio", type=float, default=0.5, help="SiTo prune ratio (default 0.5)")
     _add_config_flags(parser)
@@ -206,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default=None)
     demo.add_argument("--out", default="atedm_demo", help="output folder for the picture (default atedm_demo)")
-    _add_config_flags(demo, prune_less_default=None)
+    _add_config_flags(demo)
     demo.set_defaults(func=cmd_demo)
 
     gen = sub.add_parser("generate", help="generate images dense and accelerated, side by side",
@@ -251,4 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         return cmd_bench(argparse.Namespace(), argv[1:])
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError) as exc:  # bad flag values (AtEdmConfig, sizes, ...): one line, no traceback
+        print(f"atedm {args.command}: error: {exc}", file=sys.stderr)
+        return 2

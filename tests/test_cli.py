@@ -32,7 +32,7 @@ def test_generate_missing_model_fails_with_one_line(capsys):
 def test_generate_writes_images_and_grid(tmp_path, tiny_pipeline_dir, capsys):
     out = tmp_path / "images"
     code = main(["generate", "a red cube", "a blue ball", "--model", str(tiny_pipeline_dir), "--steps", "2",
-                 "--height", "64", "--width", "64", "--prune-less-steps", "1", "--method", "atedm", "sito",
+                 "--height", "64", "--width", "64", "--prune-less-steps", "1", "--method", "atedm,sito",
                  "--out", str(out)])
     assert code == 0
     names = sorted(p.name for p in out.glob("*.png"))
@@ -85,3 +85,17 @@ def test_bench_runs_the_e2e_benchmark_smoke(tmp_path, capsys):
 
     rows = {row["variant"]: row for row in json.loads(out.read_text())["rows"]}
     assert {"dense", "atedm-normal"} <= set(rows) and rows["atedm-normal"]["median_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["flops", "--scale", "tiny", "--keep-ratio", "0"], "keep_ratio"),
+        (["flops", "--scale", "tiny", "--height", "250"], "height"),
+        (["generate", "x", "--model", "/nonexistent", "--no-atedm", "--method", "sito"], "--no-atedm"),
+    ],
+)
+def test_bad_flags_fail_with_one_line(argv, words, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and "Traceback" not in err[0]

@@ -163,6 +163,37 @@ def test_compiled_unet_matches_eager(unet):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("scheduler_name", ["EulerDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler"])
+def test_pipeline_clock_follows_the_scheduler(scheduler_name):
+    """Second-order schedulers call the U-Net twice per step (KDPM2 at two different timesteps): the DSAP clock
+    counts denoising steps, not U-Net calls or distinct timesteps."""
+    import diffusers
+
+    pipe = build_tiny_pipeline(seed=0)
+    pipe.scheduler = getattr(diffusers, scheduler_name).from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    with apply(pipe, AtEdmConfig(prune_less_steps=2)) as handle:
+        pipe("a cube", num_inference_steps=4, height=64, width=64, output_type="np")
+        records = handle.stats()
+        assert [r.step for r in records] == [0, 1, 2, 3]
+        assert [r.phase for r in records] == ["prune_less"] * 2 + ["normal"] * 2
+        pipe("a ball", num_inference_steps=3, height=64, width=64, output_type="np")  # a new generation
+        assert [r.step for r in handle.stats()] == [0, 1, 2]
+
+
+def test_img2img_starts_part_way_into_the_schedule():
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    pipe = StableDiffusionXLImg2ImgPipeline(**build_tiny_pipeline(seed=0).components)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 64, 64)
+    with apply(pipe, AtEdmConfig(prune_less_steps=3)) as handle:
+        pipe("a cube", image=image, strength=0.5, num_inference_steps=8, output_type="np")
+        records = handle.stats()
+    assert [r.step for r in records] == [4, 5, 6, 7]  # the last half of an 8-step schedule
+    assert all(r.phase == "normal" for r in records)
+
+
 def test_tiny_pipeline_end_to_end():
     pipe = build_tiny_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
@@ -185,3 +216,16 @@ def test_full_sdxl_fp16_gpu_kernels_match_reference(backend):
     assert torch.isfinite(kernels).all() and kernels.shape == dense.shape
     # Token selection may differ at near-ties between fp16 maps, so compare as a whole, not element-wise.
     assert (kernels.float() - reference.float()).norm() / reference.float().norm() < 0.05
+
+
+def test_replaced_processor_is_reported_and_kept(unet):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    inputs = unet_inputs(unet, 1, PIXELS, PIXELS, seed=11)
+    handle = apply(unet, AtEdmConfig(prune_less_steps=0))
+    unet.set_attn_processor(AttnProcessor2_0())  # e.g. a user switching attention after AT-EDM
+    with pytest.raises(ValueError, match="replaced after apply"):
+        run(unet, inputs)
+    handle.remove()
+    assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
+    assert not hasattr(unet, "_atedm_handle")

@@ -23,8 +23,8 @@ class AtEdmHandle(PruningHandle):
     (``handle.blocks``); ``stats()`` keys are the blocks' module paths.
     """
 
-    def __init__(self, unet: nn.Module, config: AtEdmConfig) -> None:
-        super().__init__(unet, config)
+    def __init__(self, unet: nn.Module, config: AtEdmConfig, pipeline=None) -> None:
+        super().__init__(unet, config, pipeline)
         try:
             for name, block, level, stage, position in attention_blocks(unet):
                 if len(block.transformer_blocks) < 2:
@@ -67,4 +67,5 @@ def apply(pipe_or_unet, config: AtEdmConfig | None = None) -> AtEdmHandle:
         config = AtEdmConfig()
     if not isinstance(config, AtEdmConfig):
         raise TypeError(f"config must be an AtEdmConfig, got {type(config).__name__}")
-    return AtEdmHandle(unet_of(pipe_or_unet), config)
+    unet = unet_of(pipe_or_unet)
+    return AtEdmHandle(unet, config, pipeline=pipe_or_unet if pipe_or_unet is not unet else None)

@@ -116,6 +116,11 @@ class BlockPruner:
         if not self.active:
             return None
         amap, self._amap = self._amap, None
+        if amap is None:
+            raise ValueError(
+                f"{self.name}: its first self-attention produced no map: the attention processor AT-EDM installed "
+                "was replaced after apply() (set_attn_processor, fused QKV, xformers, PAG); apply AT-EDM last"
+            )
         cfg = self.config
         tokens = hidden_states.shape[1]
         keep = cfg.kept_tokens(tokens)
@@ -140,5 +145,6 @@ class BlockPruner:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self._attn.processor = self._dense_processor
+        if isinstance(self._attn.processor, PruningAttnProcessor):  # never overwrite a processor set since apply()
+            self._attn.processor = self._dense_processor
         self._amap = self._restore = None

@@ -1,10 +1,18 @@
 """What every token-pruning method on a U-Net shares: finding the attention blocks, counting denoising steps,
 per-step statistics, and the undo handle.
 
-Step counting (DSAP's clock): the step index is the number of distinct timesteps the U-Net has seen since the last
-reset; it resets when the timestep rises (a new generation starts) or on ``handle.reset()``. It is decided once per
-U-Net call in a forward pre-hook kept out of any compiled region, and it only flips each pruning unit's ``active``
-flag, so a compiled U-Net sees one static graph per schedule phase, never one per step.
+Step counting (DSAP's clock), decided once per U-Net call in a forward pre-hook kept out of any compiled region:
+
+* applied to a pipeline: the step is the pipeline scheduler's own position, ``step_index // order`` (or its
+  ``begin_index`` before the first ``step()``), read from host-side Python ints. This is exact for second-order
+  schedulers (Heun, KDPM2: two U-Net calls per step, KDPM2 even at two different timesteps) and for img2img, which
+  starts part-way into the schedule; the count restarts whenever the position goes back (a new generation).
+* applied to a bare U-Net (no scheduler to ask): the step is the number of distinct timesteps the U-Net has seen
+  since the last reset, reset when the timestep rises (SPEC.md section 5). This reads the timestep on the host: one
+  device sync per call, which also keeps a manually captured CUDA graph from advancing the clock.
+
+``handle.reset()`` restarts the count either way. The hook only flips each pruning unit's ``active`` flag, so a
+compiled U-Net sees one static graph per schedule phase, never one per step.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ class StepRecord:
     """What one denoising step did: which units pruned, and how many of their N tokens they kept."""
 
     step: int
-    timestep: float
+    timestep: float | None  # None when the step came from the pipeline's scheduler (no device read)
     phase: str  # "prune_less" or "normal"
     kept: dict[str, int | None] = field(default_factory=dict)  # unit name -> K (None: ran dense)
     tokens: dict[str, int] = field(default_factory=dict)  # unit name -> N, for the units that pruned
@@ -75,9 +83,10 @@ class PruningHandle:
     :meth:`prunes` which unit prunes in which phase, and call :meth:`_attach` once the units are in place.
     """
 
-    def __init__(self, unet: nn.Module, config) -> None:
+    def __init__(self, unet: nn.Module, config, pipeline=None) -> None:
         self.unet = unet
         self.config = config
+        self.pipeline = pipeline  # its (current) scheduler is the step clock when given
         self.units: list = []
         self._hook = None
 
@@ -108,8 +117,24 @@ class PruningHandle:
         self._last_timestep: float | None = None
         self._records: list[StepRecord] = []
 
-    @torch.compiler.disable
-    def _before_step(self, module, args, kwargs):
+    def _scheduler_step(self) -> int | None:
+        """The denoising step from the pipeline's scheduler, or None without one."""
+        scheduler = getattr(self.pipeline, "scheduler", None)
+        if scheduler is None or not hasattr(scheduler, "step_index"):
+            return None
+        index = scheduler.step_index
+        if index is None:  # before the generation's first scheduler.step()
+            index = getattr(scheduler, "begin_index", None) or 0
+        return index // getattr(scheduler, "order", 1)
+
+    def _advance_clock(self, args, kwargs) -> float | None:
+        """Move ``self._step`` to the current call's step; returns the timestep read (None from a scheduler)."""
+        step = self._scheduler_step()
+        if step is not None:
+            if step < self._step:
+                self.reset()
+            self._step = step
+            return None
         timestep = timestep_value(args, kwargs)
         if self._last_timestep is None or timestep > self._last_timestep:
             if self._last_timestep is not None:
@@ -118,6 +143,11 @@ class PruningHandle:
         elif timestep < self._last_timestep:
             self._step += 1
         self._last_timestep = timestep
+        return timestep
+
+    @torch.compiler.disable
+    def _before_step(self, module, args, kwargs):
+        timestep = self._advance_clock(args, kwargs)
         self._finish_record()
         phase = "prune_less" if self._step < self.config.prune_less_steps else "normal"
         for unit in self.units:

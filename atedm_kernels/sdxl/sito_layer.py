@@ -203,8 +203,8 @@ class SiToHandle(PruningHandle):
     ``stats()`` keys are ``"<attention block>.transformer_blocks.<j>"``.
     """
 
-    def __init__(self, unet: nn.Module, config: SiToConfig) -> None:
-        super().__init__(unet, config)
+    def __init__(self, unet: nn.Module, config: SiToConfig, pipeline=None) -> None:
+        super().__init__(unet, config, pipeline)
         self._probes: list[_GridProbe] = []
         self._generators: dict[torch.device, torch.Generator] = {}
         try:
@@ -275,4 +275,5 @@ def apply_sito(pipe_or_unet, config: SiToConfig | None = None) -> SiToHandle:
         config = SiToConfig()
     if not isinstance(config, SiToConfig):
         raise TypeError(f"config must be a SiToConfig, got {type(config).__name__}")
-    return SiToHandle(unet_of(pipe_or_unet), config)
+    unet = unet_of(pipe_or_unet)
+    return SiToHandle(unet, config, pipeline=pipe_or_unet if pipe_or_unet is not unet else None)
