@@ -90,33 +90,51 @@ class ClipImageFeatures(nn.Module):
         return self.model.get_image_features(pixel_values=pixels["pixel_values"].to(device))  # [B, E]
 
 
-def _image_tensor(path: Path) -> torch.Tensor:
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _image_tensor(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """An RGB image as float ``[3, H, W]`` in [0, 1]; with ``size=(H, W)``, center-cropped to that aspect ratio and
+    resized (bicubic) to it, as the paper prepares COCO's reference images."""
     import numpy as np
     from PIL import Image
 
-    array = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    image = Image.open(path).convert("RGB")
+    if size is not None and image.size != (size[1], size[0]):
+        height, width = size
+        scale = max(width / image.width, height / image.height)
+        crop_w, crop_h = round(width / scale), round(height / scale)
+        left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
+        image = image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.BICUBIC)
+    array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1)  # [3, H, W]
 
 
-def _batches(paths: list[Path], size: int):
+def _batches(paths: list[Path], size: int, image_size: tuple[int, int] | None = None):
     for start in range(0, len(paths), size):
-        yield torch.stack([_image_tensor(p) for p in paths[start : start + size]])  # [b, 3, H, W]
+        yield torch.stack([_image_tensor(p, image_size) for p in paths[start : start + size]])  # [b, 3, H, W]
 
 
-def clip_score(image_paths: list[Path], captions: list[str], clip_loader: Callable, batch_size: int = 16) -> float:
+def clip_score(image_paths: list[Path], captions: list[str], clip, batch_size: int = 16) -> float:
+    """torchmetrics' CLIP score, ``100 * mean max(cos(image, caption), 0)``, with ``clip = (model, processor)``."""
     from torchmetrics.multimodal.clip_score import CLIPScore
 
-    metric = CLIPScore(model_name_or_path=clip_loader)
+    metric = CLIPScore(model_name_or_path=lambda: clip)
+    device = next(clip[0].parameters()).device
+    metric.to(device)  # torchmetrics moves the model to the images' device: keep both on the CLIP's
     for start, images in zip(range(0, len(image_paths), batch_size), _batches(image_paths, batch_size)):
-        metric.update(list(images * 255.0), captions[start : start + len(images)])  # CLIPScore takes 0..255
+        pixels = (images * 255.0).to(device)  # CLIPScore takes 0..255
+        metric.update(list(pixels), captions[start : start + len(images)])
     return float(metric.compute())
 
 
-def fid(real_paths: list[Path], fake_paths: list[Path], feature: int | nn.Module = 2048, batch_size: int = 16) -> float:
+def fid(real_paths: list[Path], fake_paths: list[Path], feature: int | nn.Module = 2048, batch_size: int = 16,
+        image_size: tuple[int, int] | None = None) -> float:
+    """torchmetrics' FID; ``image_size`` center-crops and resizes the real images to the generated size."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     metric = FrechetInceptionDistance(feature=feature, normalize=True)
-    for images in _batches(real_paths, batch_size):
+    for images in _batches(real_paths, batch_size, image_size):
         metric.update(images, real=True)
     for images in _batches(fake_paths, batch_size):
         metric.update(images, real=False)
@@ -140,6 +158,7 @@ def generate_missing(pipe, captions: list[str], indices: list[int], folder: Path
     from .generate import accelerate
 
     folder.mkdir(parents=True, exist_ok=True)
+    _check_manifest(folder, captions, method, config, settings)
     todo = [i for i in indices if not (folder / f"{i:06d}.png").exists()]
     if not todo:
         return 0
@@ -158,6 +177,29 @@ def generate_missing(pipe, captions: list[str], indices: list[int], folder: Path
     return len(todo)
 
 
+def _check_manifest(folder: Path, captions: list[str], method: str, config, settings: EvalSettings) -> None:
+    """Resume only what was generated with the same captions, method config and settings."""
+    import dataclasses
+    import hashlib
+
+    manifest = {
+        "method": method,
+        "config": repr(config),
+        "settings": dataclasses.asdict(settings),
+        "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
+    }
+    path = folder / "manifest.json"
+    if path.exists():
+        found = json.loads(path.read_text())
+        if found != manifest:
+            raise ValueError(
+                f"{folder} holds images generated with other settings ({found}); "
+                "use another output folder or delete it to start over"
+            )
+    else:
+        path.write_text(json.dumps(manifest, indent=2))
+
+
 def evaluate(pipe, captions: list[str], out_dir: Path, methods: dict, settings: EvalSettings,
              clip_loader: Callable, feature: str = "inception", reference_images: Path | None = None,
              progress: bool = True) -> dict:
@@ -165,8 +207,22 @@ def evaluate(pipe, captions: list[str], out_dir: Path, methods: dict, settings: 
     process (and ``{}`` on the others)."""
     from accelerate import PartialState
 
+    if feature not in ("inception", "clip"):
+        raise ValueError(f"feature must be 'inception' or 'clip', got {feature!r}")
     state = PartialState()
     indices = list(range(len(captions)))
+    real = None
+    if reference_images is not None:
+        real = sorted(p for p in Path(reference_images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(real) < 2:
+            raise ValueError(f"reference_images {str(reference_images)!r} holds {len(real)} images; FID needs more")
+    clip = fid_feature = None
+    if state.is_main_process:  # metric models load before hours of generation, so a missing one fails fast
+        clip = clip_loader()
+        fid_feature = ClipImageFeatures(*clip) if feature == "clip" else 2048
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        FrechetInceptionDistance(feature=fid_feature, normalize=True)  # InceptionV3 needs torch-fidelity
     with state.split_between_processes(indices) as mine:
         for method, config in {"dense": None, **methods}.items():
             generate_missing(pipe, captions, mine, out_dir / method, method, config, settings,
@@ -178,19 +234,15 @@ def evaluate(pipe, captions: list[str], out_dir: Path, methods: dict, settings: 
     def paths(method):
         return [out_dir / method / f"{i:06d}.png" for i in indices]
 
-    if feature == "clip":
-        fid_feature: int | nn.Module = ClipImageFeatures(*clip_loader())
-    elif feature == "inception":
-        fid_feature = 2048
-    else:
-        raise ValueError(f"feature must be 'inception' or 'clip', got {feature!r}")
-    real = sorted(reference_images.glob("*.*"))[: len(captions)] if reference_images else paths("dense")
+    if real is None:
+        real = paths("dense")
+    size = (settings.height, settings.width)
     results = {"num_captions": len(captions), "fid_reference": str(reference_images or "dense"),
-               "fid_feature": feature, "methods": {}}
+               "fid_feature": feature, "clip_score": "torchmetrics: 100 * mean max(cos, 0)", "methods": {}}
     for method in ["dense", *methods]:
-        scores = {"clip_score": clip_score(paths(method), captions, clip_loader)}
+        scores = {"clip_score": clip_score(paths(method), captions, clip)}
         if reference_images is not None or method != "dense":
-            scores["fid"] = fid(real, paths(method), fid_feature)
+            scores["fid"] = fid(real, paths(method), fid_feature, image_size=size)
         results["methods"][method] = scores
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     return results

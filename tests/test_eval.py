@@ -56,3 +56,25 @@ def test_evaluate_end_to_end_and_resume(tmp_path, tiny_pipeline_dir, tiny_clip_d
     evaluate(pipe, captions, tmp_path, methods, settings, loader, feature="clip", progress=False)
     assert (tmp_path / "atedm" / "000000.png").stat().st_mtime_ns == first
     assert (tmp_path / "dense" / "000001.png").exists()
+
+
+def test_reference_images_are_cropped_and_resumes_refuse_other_settings(tmp_path, tiny_pipeline_dir, tiny_clip_dir):
+    from PIL import Image
+
+    references = tmp_path / "coco"
+    references.mkdir()
+    gen = torch.Generator().manual_seed(2)
+    for i, (w, h) in enumerate([(96, 80), (64, 120), (50, 50)]):  # raw COCO-like sizes, none the generated size
+        Image.fromarray((torch.rand(h, w, 3, generator=gen) * 255).byte().numpy()).save(references / f"{i}.jpg")
+    (references / "captions.txt").write_text("not an image")
+    pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"))
+    pipe.set_progress_bar_config(disable=True)
+    loader = lambda: load_clip(str(tiny_clip_dir), torch.device("cpu"))  # noqa: E731
+    settings = EvalSettings(steps=2, height=64, width=64)
+    out = tmp_path / "eval"
+    results = evaluate(pipe, ["a cube", "a ball"], out, {}, settings, loader, feature="clip",
+                       reference_images=references, progress=False)
+    assert "fid" in results["methods"]["dense"]
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(pipe, ["a cube", "a ball"], out, {}, EvalSettings(steps=3, height=64, width=64), loader,
+                 feature="clip", progress=False)
