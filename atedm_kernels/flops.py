@@ -216,6 +216,11 @@ def count_forward_macs(unet: nn.Module, height: int, width: int, batch: int = 2,
 
     def on_attention_end(module, args, out) -> None:
         seen = rows_seen.pop(module)
+        if "q" not in seen or "k" not in seen:
+            raise ValueError(
+                "unet runs an attention without its to_q/to_k projections (fused QKV?): its matmuls cannot be "
+                "counted; call unet.unfuse_qkv_projections() first"
+            )
         keys = seen["k"] // seen["batch"]  # per batch element: every query meets the M keys of its own element
         width_qk, width_v = module.to_q.out_features, module.to_v.out_features
         add(module, seen["kind"], seen["q"] * keys * (width_qk + width_v))  # q k^T + P v

@@ -37,6 +37,7 @@ def test_remove_restores_the_unet_exactly(unet):
     assert torch.equal(run(unet, inputs), dense)
     assert {name: type(p) for name, p in unet.attn_processors.items()} == processors
     assert not unet._forward_pre_hooks and not any(m._forward_hooks for m in unet.modules())
+    assert not hasattr(unet, "_atedm_handle")
 
 
 def test_default_config_changes_output_keeps_it_finite(unet):

@@ -46,7 +46,9 @@ def _is_real(value) -> bool:
 
 @dataclass(frozen=True)
 class SiToConfig:
-    """SiTo settings (defaults: the method's published setting, self-attention of every block pruned).
+    """SiTo settings (defaults: the paper's prune ratio 0.5, 2x2 patches and noise 0.1, applied to the
+    self-attention of every attention level: SiTo's published patch prunes only the highest-resolution blocks,
+    which on SD-XL carry no attention, so this extends it to SD-XL's levels).
 
     Attributes:
         prune_ratio: fraction of each block's N tokens whose self-attention is not computed, in [0, 1);
