@@ -74,10 +74,16 @@ def render() -> str:
     parts = []
     macs = RESULTS / "macs_sdxl_1024.json"
     parts.append(macs_table(json.loads(macs.read_text())) if macs.is_file() else "No MACs results committed.")
-    e2e = RESULTS / "unet_e2e.json"
+    e2e, kernels = RESULTS / "unet_e2e.json", RESULTS / "kernels.json"
     if e2e.is_file():
         parts.append(e2e_table(json.loads(e2e.read_text())))
-    else:
+    if kernels.is_file():
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from kernels import format_table
+
+        table = format_table(json.loads(kernels.read_text()))
+        parts.append(f"Kernels (from `benchmarks/results/kernels.json`):\n\n```\n{table}\n```")
+    if not (e2e.is_file() or kernels.is_file()):
         parts.append(
             "No GPU timings are committed yet: the end-to-end and kernel tables appear here once `.ci/gpu` has run "
             "on an H100-class GPU and its JSON is committed under `benchmarks/results/`."
