@@ -25,17 +25,13 @@ class AtEdmHandle(PruningHandle):
 
     def __init__(self, unet: nn.Module, config: AtEdmConfig, pipeline=None) -> None:
         super().__init__(unet, config, pipeline)
-        try:
-            for name, block, level, stage, position in attention_blocks(unet):
-                if len(block.transformer_blocks) < 2:
-                    continue  # single-layer blocks have no later layer to save: AT-EDM leaves them alone
-                self.units.append(BlockPruner(block, name, level, stage, position, config))
-        except Exception:
-            self.remove()
-            raise
-        if not self.units:
-            raise ValueError("pipe_or_unet has no attention block with 2 or more transformer layers to prune")
-        self._attach()
+        self._install(self._build_units, "no attention block with 2 or more transformer layers to prune")
+
+    def _build_units(self) -> None:
+        for name, block, level, stage, position in attention_blocks(self.unet):
+            if len(block.transformer_blocks) < 2:
+                continue  # single-layer blocks have no later layer to save: AT-EDM leaves them alone
+            self.units.append(BlockPruner(block, name, level, stage, position, self.config))
 
     @property
     def blocks(self) -> list[BlockPruner]:

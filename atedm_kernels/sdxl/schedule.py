@@ -79,8 +79,8 @@ def timestep_value(args: tuple, kwargs: dict) -> float:
 class PruningHandle:
     """Undo handle of a pruning method on a U-Net; also a context manager.
 
-    Subclasses build ``self.units`` (objects with ``name``, ``active``, ``last_tokens`` and ``remove()``), say in
-    :meth:`prunes` which unit prunes in which phase, and call :meth:`_attach` once the units are in place.
+    Subclasses build ``self.units`` (objects with ``name``, ``active``, ``last_tokens`` and ``remove()``) through
+    :meth:`_install`, and say in :meth:`prunes` which unit prunes in which phase.
     """
 
     def __init__(self, unet: nn.Module, config, pipeline=None) -> None:
@@ -93,6 +93,18 @@ class PruningHandle:
     def prunes(self, unit, phase: str) -> bool:
         """Whether ``unit`` prunes in ``phase`` ("prune_less" or "normal")."""
         raise NotImplementedError
+
+    def _install(self, build_units, nothing_to_prune: str) -> None:
+        """Run ``build_units()`` (it fills ``self.units``), undo it all on failure, then take over the U-Net."""
+        try:
+            build_units()
+        except Exception:
+            self.remove()
+            raise
+        if not self.units:
+            self.remove()
+            raise ValueError(f"pipe_or_unet has {nothing_to_prune}")
+        self._attach()
 
     def _attach(self) -> None:
         existing = getattr(self.unet, "_atedm_handle", None)

@@ -209,29 +209,25 @@ class SiToHandle(PruningHandle):
         super().__init__(unet, config, pipeline)
         self._probes: list[_GridProbe] = []
         self._generators: dict[torch.device, torch.Generator] = {}
-        try:
-            blocks = list(attention_blocks(unet))
-            available = sorted({level for _, _, level, _, _ in blocks})
-            if config.levels is not None and not set(config.levels) <= set(available):
-                raise ValueError(
-                    f"levels {config.levels} are not all attention levels of this U-Net; it has {tuple(available)}"
-                )
-            for name, transformer, level, _, _ in blocks:
-                if config.levels is not None and level not in config.levels:
-                    continue
-                for j, block in enumerate(transformer.transformer_blocks):
-                    _check_sito_prunable(block, transformer, f"{name}.transformer_blocks.{j}")
-                probe = _GridProbe(transformer)
-                self._probes.append(probe)
-                for j, block in enumerate(transformer.transformer_blocks):
-                    self.units.append(SiToLayer(self, block, probe, f"{name}.transformer_blocks.{j}", level))
-        except Exception:
-            self.remove()
-            raise
-        if not self.units:
-            self.remove()
-            raise ValueError("pipe_or_unet has no attention block with self-attention for SiTo to prune")
-        self._attach()
+        self._install(self._build_units, "no attention block with self-attention for SiTo to prune")
+
+    def _build_units(self) -> None:
+        config = self.config
+        blocks = list(attention_blocks(self.unet))
+        available = sorted({level for _, _, level, _, _ in blocks})
+        if config.levels is not None and not set(config.levels) <= set(available):
+            raise ValueError(
+                f"levels {config.levels} are not all attention levels of this U-Net; it has {tuple(available)}"
+            )
+        for name, transformer, level, _, _ in blocks:
+            if config.levels is not None and level not in config.levels:
+                continue
+            for j, block in enumerate(transformer.transformer_blocks):
+                _check_sito_prunable(block, transformer, f"{name}.transformer_blocks.{j}")
+            probe = _GridProbe(transformer)
+            self._probes.append(probe)
+            for j, block in enumerate(transformer.transformer_blocks):
+                self.units.append(SiToLayer(self, block, probe, f"{name}.transformer_blocks.{j}", level))
 
     @property
     def layers(self) -> list[SiToLayer]:
