@@ -230,3 +230,16 @@ def test_replaced_processor_is_reported_and_kept(unet):
     handle.remove()
     assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
     assert not hasattr(unet, "_atedm_handle")
+
+
+def test_a_failed_call_leaves_nothing_behind(unet):
+    inputs = unet_inputs(unet, 1, PIXELS, PIXELS, seed=12)
+    with apply(unet, AtEdmConfig(prune_less_steps=0)) as handle:
+        bad = {**inputs, "encoder_hidden_states": inputs["encoder_hidden_states"][..., :3]}  # breaks cross-attn
+        with pytest.raises(RuntimeError):
+            run(unet, bad, timestep=torch.tensor(900.0))
+        assert any(b._amap is not None or b._restore is not None for b in handle.blocks)  # left mid-way
+        good = run(unet, inputs, timestep=torch.tensor(800.0))
+        assert all(b._amap is None and b._restore is None for b in handle.blocks)
+        assert handle.stats()[-1].kept == {b.name: b.last_tokens[1] for b in handle.blocks}
+    assert torch.isfinite(good).all()

@@ -141,10 +141,14 @@ class BlockPruner:
         backend = preference_for("recover_tokens", self.config.backend)
         return ops.recover_tokens(hidden_states, keep_idx, prune_idx, src, backend=backend)  # [B, N, C]
 
+    def clear(self) -> None:
+        """Forget the state of the latest call (map, selection, token counts)."""
+        self._amap = self._restore = self.last_tokens = None
+
     def remove(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
         if isinstance(self._attn.processor, PruningAttnProcessor):  # never overwrite a processor set since apply()
             self._attn.processor = self._dense_processor
-        self._amap = self._restore = None
+        self.clear()

@@ -79,7 +79,8 @@ def timestep_value(args: tuple, kwargs: dict) -> float:
 class PruningHandle:
     """Undo handle of a pruning method on a U-Net; also a context manager.
 
-    Subclasses build ``self.units`` (objects with ``name``, ``active``, ``last_tokens`` and ``remove()``) through
+    Subclasses build ``self.units`` (objects with ``name``, ``active``, ``last_tokens``, ``clear()`` and
+    ``remove()``) through
     :meth:`_install`, and say in :meth:`prunes` which unit prunes in which phase.
     """
 
@@ -163,8 +164,8 @@ class PruningHandle:
         self._finish_record()
         phase = "prune_less" if self._step < self.config.prune_less_steps else "normal"
         for unit in self.units:
+            unit.clear()  # nothing a previous, possibly failed, call left behind reaches this one
             unit.active = self.prunes(unit, phase)
-            unit.last_tokens = None
         if not self._records or self._records[-1].step != self._step:
             self._records.append(StepRecord(self._step, timestep, phase))
 

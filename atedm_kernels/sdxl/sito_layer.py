@@ -192,10 +192,14 @@ class SiToLayer:
         self.last_tokens = (tokens, keep_idx.shape[1])
         return None
 
+    def clear(self) -> None:
+        """Forget the state of the latest call (selection, token counts)."""
+        self._selection = self.last_tokens = None
+
     def remove(self) -> None:
         self._hook.remove()
         self.block.attn1.processor = self._dense_processor
-        self._selection = None
+        self.clear()
 
 
 class SiToHandle(PruningHandle):
