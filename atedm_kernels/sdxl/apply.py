@@ -7,11 +7,9 @@ counting and the handle's life cycle are shared with the other methods (:mod:`.s
 
 from __future__ import annotations
 
-from torch import nn
-
 from .config import AtEdmConfig
 from .pruning import BlockPruner
-from .schedule import PruningHandle, attention_blocks, unet_of
+from .schedule import PruningHandle, attention_blocks
 
 SECOND_LEVEL = 2  # feature level of SD-XL's 4096-token A2 blocks at 1024 px; AT-EDM-dagger leaves it dense
 
@@ -23,8 +21,8 @@ class AtEdmHandle(PruningHandle):
     (``handle.blocks``); ``stats()`` keys are the blocks' module paths.
     """
 
-    def __init__(self, unet: nn.Module, config: AtEdmConfig, pipeline=None) -> None:
-        super().__init__(unet, config, pipeline)
+    def __init__(self, pipe_or_unet, config: AtEdmConfig) -> None:
+        super().__init__(pipe_or_unet, config)
         self._install(self._build_units, "no attention block with 2 or more transformer layers to prune")
 
     def _build_units(self) -> None:
@@ -63,5 +61,4 @@ def apply(pipe_or_unet, config: AtEdmConfig | None = None) -> AtEdmHandle:
         config = AtEdmConfig()
     if not isinstance(config, AtEdmConfig):
         raise TypeError(f"config must be an AtEdmConfig, got {type(config).__name__}")
-    unet = unet_of(pipe_or_unet)
-    return AtEdmHandle(unet, config, pipeline=pipe_or_unet if pipe_or_unet is not unet else None)
+    return AtEdmHandle(pipe_or_unet, config)

@@ -84,10 +84,11 @@ class PruningHandle:
     :meth:`_install`, and say in :meth:`prunes` which unit prunes in which phase.
     """
 
-    def __init__(self, unet: nn.Module, config, pipeline=None) -> None:
-        self.unet = unet
+    def __init__(self, pipe_or_unet, config) -> None:
+        self.unet = unet_of(pipe_or_unet)
         self.config = config
-        self.pipeline = pipeline  # its (current) scheduler is the step clock when given
+        # A pipeline's (current) scheduler is the step clock; a bare U-Net has none.
+        self.pipeline = pipe_or_unet if pipe_or_unet is not self.unet else None
         self.units: list = []
         self._hook = None
 

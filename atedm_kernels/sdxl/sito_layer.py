@@ -33,7 +33,7 @@ from torch import nn
 from .. import ops
 from ..backends import BACKENDS, preference_for
 from ..sito import sito_kept_tokens, sito_select
-from .schedule import PruningHandle, attention_blocks, unet_of
+from .schedule import PruningHandle, attention_blocks
 
 
 def _is_int(value) -> bool:
@@ -209,8 +209,8 @@ class SiToHandle(PruningHandle):
     ``stats()`` keys are ``"<attention block>.transformer_blocks.<j>"``.
     """
 
-    def __init__(self, unet: nn.Module, config: SiToConfig, pipeline=None) -> None:
-        super().__init__(unet, config, pipeline)
+    def __init__(self, pipe_or_unet, config: SiToConfig) -> None:
+        super().__init__(pipe_or_unet, config)
         self._probes: list[_GridProbe] = []
         self._generators: dict[torch.device, torch.Generator] = {}
         self._install(self._build_units, "no attention block with self-attention for SiTo to prune")
@@ -277,5 +277,4 @@ def apply_sito(pipe_or_unet, config: SiToConfig | None = None) -> SiToHandle:
         config = SiToConfig()
     if not isinstance(config, SiToConfig):
         raise TypeError(f"config must be a SiToConfig, got {type(config).__name__}")
-    unet = unet_of(pipe_or_unet)
-    return SiToHandle(unet, config, pipeline=pipe_or_unet if pipe_or_unet is not unet else None)
+    return SiToHandle(pipe_or_unet, config)
