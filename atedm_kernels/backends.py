@@ -1,24 +1,27 @@
 """Backend selection for the ``atedm`` ops.
 
-Every op has a pure-PyTorch reference. Some also have a GPU kernel:
+Every op has a pure-PyTorch reference, which defines it. Some also have kernels:
 
-=====================  ======================
-op                     GPU backend
-=====================  ======================
-attention_with_map     ``"triton"``
+=====================  ===========  ==========================================
+op                     GPU backend  CPU backend (``"cpu"``)
+=====================  ===========  ==========================================
+attention_with_map     ``"triton"``  cache-blocked, one softmax per row block
 attention              ``"triton"``
-gwpr                   ``"cuda"``
+gwpr                   ``"cuda"``    per-batch GEMV power iteration
 select_tokens          ``"cuda"``
-similarity_sources     ``"cuda"``
+similarity_sources     ``"cuda"``    per-batch block argmax
 gather_tokens          ``"cuda"``
 recover_tokens         ``"cuda"``
 gwpr_cross, sito_select  reference only
-=====================  ======================
+=====================  ===========  ==========================================
 
 ``backend="auto"`` (the default, or whatever ``ATEDM_BACKEND`` names) picks the op's GPU backend for CUDA
-tensors when it is available and the reference otherwise (CPU tensors always take the reference). Asking for a
-backend by name that cannot run raises a ``RuntimeError`` that says why, so a test that forces a backend never
-silently measures another one. Under ``TRITON_INTERPRET=1`` the ``"triton"`` backend also runs on CPU tensors.
+tensors when it is available (the reference otherwise, with one warning), and for tensors on any other device
+(CPU, MPS) the op's ``"cpu"`` kernel where it has one, else the reference. The ``"cpu"`` kernels are plain PyTorch
+written for a CPU's caches (:mod:`atedm_kernels.kernels.cpu_attention`, :mod:`atedm_kernels.kernels.cpu_pruning`).
+Asking for a backend by name that cannot run raises a ``RuntimeError`` that says why, so a test that forces a
+backend never silently measures another one. Under ``TRITON_INTERPRET=1`` the ``"triton"`` backend also runs on CPU
+tensors.
 """
 
 from __future__ import annotations
@@ -30,16 +33,16 @@ import warnings
 
 import torch
 
-BACKENDS = ("auto", "reference", "triton", "cuda")
+BACKENDS = ("auto", "reference", "triton", "cuda", "cpu")
 ENV_VAR = "ATEDM_BACKEND"
 
 # The kernel backends each op has, besides "reference".
 OP_KERNELS: dict[str, tuple[str, ...]] = {
-    "attention_with_map": ("triton",),
+    "attention_with_map": ("triton", "cpu"),
     "attention": ("triton",),
-    "gwpr": ("cuda",),
+    "gwpr": ("cuda", "cpu"),
     "select_tokens": ("cuda",),
-    "similarity_sources": ("cuda",),
+    "similarity_sources": ("cuda", "cpu"),
     "gather_tokens": ("cuda",),
     "recover_tokens": ("cuda",),
     "gwpr_cross": (),
@@ -105,7 +108,15 @@ def _arch_mismatch(device: torch.device) -> str | None:
     return None
 
 
-_UNAVAILABLE = {"triton": triton_unavailable_reason, "cuda": cuda_unavailable_reason}
+def cpu_unavailable_reason(device: torch.device) -> str | None:
+    """Why the CPU kernels cannot run on ``device`` (``None`` when they can): they are for non-CUDA tensors."""
+    if device.type == "cuda":
+        return "the tensors are on 'cuda': the cpu kernels are for CPU (and other non-CUDA) tensors"
+    return None
+
+
+_UNAVAILABLE = {"triton": triton_unavailable_reason, "cuda": cuda_unavailable_reason, "cpu": cpu_unavailable_reason}
+_GPU_KERNELS = ("triton", "cuda")
 
 
 def default_backend() -> str:
@@ -146,7 +157,7 @@ def preference_for(op: str, backend: str) -> str:
 
 
 def resolve(op: str, backend: str, device: torch.device) -> str:
-    """The backend that runs ``op`` for tensors on ``device``: "reference", "triton" or "cuda".
+    """The backend that runs ``op`` for tensors on ``device``: "reference", "triton", "cuda" or "cpu".
 
     ``backend`` is the caller's choice ("auto" defers to ``ATEDM_BACKEND``, then to the device).
     """
@@ -161,8 +172,8 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
         name = preference_for(op, name)
     if name == "auto":
         if device.type != "cuda":
-            return "reference"
-        for kernel in kernels:
+            return "cpu" if "cpu" in kernels else "reference"
+        for kernel in (k for k in kernels if k in _GPU_KERNELS):
             reason = _UNAVAILABLE[kernel](device)
             if reason is None:
                 return kernel

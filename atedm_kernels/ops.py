@@ -20,7 +20,7 @@ sito_select         x [B,N,C], grid h, w, patch sx, sy, prune_ratio ->      SiTo
                     keep_idx, prune_idx, src                                (:mod:`atedm_kernels.sito`)
 ==================  =====================================================  =========================================
 
-Each op takes a trailing ``backend`` string ("auto", "reference", "triton", "cuda"; see :mod:`.backends`). The
+Each op takes a trailing ``backend`` string ("auto", "reference", "triton", "cuda", "cpu"; see :mod:`.backends`). The
 public functions of the same names in :mod:`atedm_kernels` are thin keyword-friendly wrappers around these ops.
 """
 
@@ -56,6 +56,18 @@ def _cuda():
     from .kernels import cuda
 
     return cuda
+
+
+def _cpu_attention():
+    from .kernels import cpu_attention
+
+    return cpu_attention
+
+
+def _cpu_pruning():
+    from .kernels import cpu_pruning
+
+    return cpu_pruning
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -106,8 +118,11 @@ def _attention_with_map(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     scale = _check_attention("attention_with_map", q, k, v, scale, backend)
     map_dtype = _map_dtype(map_dtype)
-    if resolve("attention_with_map", backend, q.device) == "triton":
+    chosen = resolve("attention_with_map", backend, q.device)
+    if chosen == "triton":
         return _triton_attention().attention_with_map_triton(q, k, v, scale, map_dtype)
+    if chosen == "cpu":
+        return _cpu_attention().attention_with_map_cpu(q, k, v, scale, map_dtype)
     return reference.attention_with_map_reference(q, k, v, scale, map_dtype)
 
 
@@ -157,8 +172,11 @@ def _check_gwpr(amap, num_iters, damping, backend) -> None:
 @torch.library.custom_op("atedm::gwpr", mutates_args=())
 def _gwpr(amap: torch.Tensor, num_iters: int, damping: float = 0.0, backend: str = "auto") -> torch.Tensor:
     _check_gwpr(amap, num_iters, damping, backend)
-    if resolve("gwpr", backend, amap.device) == "cuda":
+    chosen = resolve("gwpr", backend, amap.device)
+    if chosen == "cuda":
         return _cuda().gwpr_cuda(amap, num_iters, damping)
+    if chosen == "cpu":
+        return _cpu_pruning().gwpr_cpu(amap, num_iters, damping)
     return reference.gwpr_reference(amap, num_iters, damping)
 
 
@@ -240,8 +258,11 @@ def _similarity_sources(
     amap: torch.Tensor, keep_idx: torch.Tensor, prune_idx: torch.Tensor, backend: str = "auto"
 ) -> torch.Tensor:
     _check_sources(amap, keep_idx, prune_idx, backend)
-    if resolve("similarity_sources", backend, amap.device) == "cuda":
+    chosen = resolve("similarity_sources", backend, amap.device)
+    if chosen == "cuda":
         return _cuda().similarity_sources_cuda(amap, keep_idx, prune_idx)
+    if chosen == "cpu":
+        return _cpu_pruning().similarity_sources_cpu(amap, keep_idx, prune_idx)
     return reference.similarity_sources_reference(amap, keep_idx, prune_idx)
 
 

@@ -52,7 +52,8 @@ def similarity_sources(amap, keep_idx, prune_idx):
             best, best_j = -math.inf, -1
             for j, row in enumerate(kept):
                 value = float(amap[b, row, p])
-                if value > best:
+                value = -math.inf if math.isnan(value) else value  # NaN never wins; an all-NaN column gives 0
+                if best_j < 0 or value > best:
                     best, best_j = value, j
             src[b, m] = best_j
     return src

@@ -28,7 +28,7 @@ class AtEdmConfig:
             "none". The mid block is always pruned.
         skip_second_level: True gives the paper's AT-EDM-dagger: no pruning at the second feature level (SD-XL's
             4096-token A2 blocks at 1024 px).
-        backend: op backend for the pruning layer ("auto", "reference", "triton", "cuda").
+        backend: op backend for the pruning layer ("auto", "reference", "triton", "cuda", "cpu").
     """
 
     keep_ratio: float = 0.37

@@ -1,0 +1,118 @@
+"""The ``"cpu"`` kernels (cache-blocked attention with the map, GEMV G-WPR, block-argmax similarity sources) against
+the float64 brute force of tests/brute_force.py, with the error judged against the reference's error at the same
+precision; block tails, ties, NaN columns, half-precision inputs and maps; and opcheck on the cpu backend."""
+
+import pytest
+import torch
+
+import atedm_kernels as ak
+from atedm_kernels import backends
+from atedm_kernels.kernels import cpu_attention
+from tests import brute_force as bf
+
+
+def max_err(actual, expected) -> float:
+    return (actual.double() - expected).abs().max().item()
+
+
+def test_auto_on_cpu_picks_the_cpu_kernels_where_they_exist():
+    cpu = torch.device("cpu")
+    for op, kernels in backends.OP_KERNELS.items():
+        assert backends.resolve(op, "auto", cpu) == ("cpu" if "cpu" in kernels else "reference"), op
+
+
+def test_cpu_backend_refuses_cuda_tensors_with_a_reason():
+    with pytest.raises(ak.BackendUnavailableError, match="cpu kernels are for CPU"):
+        backends.resolve("gwpr", "cpu", torch.device("cuda"))
+
+
+@pytest.mark.parametrize("block_bytes", [None, 1])  # None: the default blocks; 1: 16-row blocks, odd tails
+@pytest.mark.parametrize("shape", [(1, 1, 5, 7, 8), (2, 3, 37, 37, 16), (2, 2, 33, 20, 40), (3, 5, 70, 49, 64)])
+def test_attention_with_map_matches_float64(gen, monkeypatch, shape, block_bytes):
+    if block_bytes is not None:
+        monkeypatch.setattr(cpu_attention, "BLOCK_BYTES", block_bytes)
+    batch, heads, n, m, d = shape
+    q, k, v = (torch.randn(batch, heads, s, d, generator=gen) * 2 for s in (n, m, m))
+    out, amap = ak.attention_with_map(q, k, v, map_dtype=torch.float32, backend="cpu")
+    ref_out, ref_map = ak.attention_with_map(q, k, v, map_dtype=torch.float32, backend="reference")
+    exact_out, exact_map = bf.attention_with_map(q, k, v)
+    assert out.shape == q.shape and amap.shape == (batch, n, m) and amap.dtype == torch.float32
+    # FlashAttention-style bound: at most twice the fp32 reference's own error, plus float32 rounding of the result
+    assert max_err(out, exact_out) <= 2 * max_err(ref_out, exact_out) + 1e-6
+    assert max_err(amap, exact_map) <= 2 * max_err(ref_map, exact_map) + 1e-7
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("map_dtype", [None, torch.bfloat16])
+def test_attention_with_map_half_inputs_and_maps(gen, dtype, map_dtype):
+    q, k, v = (torch.randn(2, 3, 29, 24, generator=gen).to(dtype) for _ in range(3))
+    out, amap = ak.attention_with_map(q, k, v, scale=0.2, map_dtype=map_dtype, backend="cpu")
+    ref_out, ref_map = ak.attention_with_map(q, k, v, scale=0.2, map_dtype=map_dtype, backend="reference")
+    exact_out, exact_map = bf.attention_with_map(q, k, v, scale=0.2)
+    assert out.dtype == dtype and amap.dtype == (map_dtype or torch.float16)
+    assert max_err(out, exact_out) <= 2 * max_err(ref_out, exact_out) + 1e-6
+    assert max_err(amap, exact_map) <= 2 * max_err(ref_map, exact_map) + 1e-7
+
+
+def test_attention_with_map_noncontiguous_inputs(gen):
+    # SD-XL hands the op [B, N, H, D] views transposed to [B, H, N, D]
+    q, k, v = (torch.randn(2, 19, 4, 16, generator=gen).transpose(1, 2) for _ in range(3))
+    out, amap = ak.attention_with_map(q, k, v, map_dtype=torch.float32, backend="cpu")
+    exact_out, exact_map = bf.attention_with_map(q, k, v)
+    torch.testing.assert_close(out.double(), exact_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(amap.double(), exact_map, rtol=1e-5, atol=1e-7)
+
+
+def test_attention_with_map_propagates_nan(gen):
+    q, k, v = (torch.randn(1, 2, 9, 8, generator=gen) for _ in range(3))
+    q[0, 1, 4, 0] = float("nan")
+    out, amap = ak.attention_with_map(q, k, v, map_dtype=torch.float32, backend="cpu")
+    assert out[0, 1, 4].isnan().all() and amap[0, 4].isnan().all()
+    assert not out[0, 0].isnan().any() and not amap[0, :4].isnan().any()
+
+
+@pytest.mark.parametrize("batch,n,iters,damping", [(1, 1, 3, 0.0), (2, 13, 5, 0.0), (3, 31, 10, 0.15), (2, 64, 1, 1.0)])
+@pytest.mark.parametrize("map_dtype", [torch.float32, torch.float16])
+def test_gwpr_matches_float64(gen, batch, n, iters, damping, map_dtype):
+    amap = torch.softmax(torch.randn(batch, n, n, generator=gen) * 3, -1).to(map_dtype)
+    scores = ak.gwpr(amap, iters, damping, backend="cpu")
+    assert scores.dtype == torch.float32 and scores.shape == (batch, n)
+    torch.testing.assert_close(scores.double(), bf.gwpr(amap, iters, damping), rtol=1e-6, atol=1e-9)
+
+
+def test_gwpr_constant_map_stays_uniform():
+    # every row the same: the exact scores are 1/N; fp32 rounding may not drift by more than a few ulps
+    amap = torch.full((2, 50, 50), 1.0 / 50)
+    torch.testing.assert_close(ak.gwpr(amap, 10, backend="cpu").double(), torch.full((2, 50), 1 / 50, dtype=torch.float64),
+                               rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("map_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch,n,keep", [(1, 2, 1), (2, 17, 5), (3, 40, 39), (2, 61, 23)])
+def test_similarity_sources_matches_float64_with_ties_and_nan(gen, batch, n, keep, map_dtype):
+    amap = torch.softmax(torch.randn(batch, n, n, generator=gen), -1)
+    amap = (amap * 8).round() / 8  # heavy ties: the lowest position must win
+    amap = amap.to(map_dtype)
+    amap[0, :, n // 2] = float("nan")  # a NaN column: falls back to position 0
+    if n > 3:
+        amap[-1, 1, :] = float("nan")  # a NaN row: never wins
+    keep_idx, prune_idx = ak.select_tokens(torch.rand(batch, n, generator=gen), keep)
+    src = ak.similarity_sources(amap, keep_idx, prune_idx, backend="cpu")
+    assert torch.equal(src, bf.similarity_sources(amap, keep_idx, prune_idx))
+    assert torch.equal(src, ak.similarity_sources(amap, keep_idx, prune_idx, backend="reference"))
+
+
+def _cpu_calls(gen):
+    amap = torch.softmax(torch.randn(2, 21, 21, generator=gen), -1)
+    keep_idx, prune_idx = ak.select_tokens(torch.rand(2, 21, generator=gen), 8)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=gen) for n in (13, 9, 9))
+    return {
+        "attention_with_map": (q, k, v, None, torch.float32, "cpu"),
+        "gwpr": (amap, 5, 0.1, "cpu"),
+        "similarity_sources": (amap, keep_idx, prune_idx, "cpu"),
+    }
+
+
+@pytest.mark.parametrize("name", ["attention_with_map", "gwpr", "similarity_sources"])
+def test_opcheck_cpu_backend(gen, name):
+    torch.library.opcheck(getattr(torch.ops.atedm, name).default, _cpu_calls(gen)[name])
