@@ -148,16 +148,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
-    import importlib.util
+    from .unet_bench import main as bench_main
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "unet_e2e.py"
-    if not script.is_file():
-        print("atedm bench: benchmarks/unet_e2e.py is not here (it ships with the source checkout)", file=sys.stderr)
-        return 2
-    spec = importlib.util.spec_from_file_location("atedm_unet_e2e", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(extra)
+    return bench_main(extra)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -243,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     flops.set_defaults(func=cmd_flops)
 
     sub.add_parser("bench", help="end-to-end U-Net benchmark (arguments after 'bench' go to it)", add_help=False,
-                   description="Runs benchmarks/unet_e2e.py; 'atedm bench --help' shows its options.")
+                   description="Runs atedm_kernels.unet_bench; 'atedm bench --help' shows its options.")
 
     ev = sub.add_parser("eval", help="FID and CLIP score of accelerated vs dense generation",
                         description="Generates a caption list dense and accelerated (resumable, data-parallel "

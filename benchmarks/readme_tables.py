@@ -23,11 +23,9 @@ PAPER_MACS = {"dense": 6.7e12, "atedm-normal": 4.1e12}  # SD-XL, 1024 px, CFG ba
 
 def count_macs() -> dict:
     """MACs per U-Net step of SD-XL base at 1024x1024, batch 2, for every method and phase."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from unet_e2e import TIMED, count_macs as count_variants
-
     from atedm_kernels.flops import count_unet_macs
     from atedm_kernels.sdxl import AtEdmConfig, build_sdxl_unet
+    from atedm_kernels.unet_bench import TIMED, count_macs as count_variants
 
     macs = count_variants("full", 1024, 1024, 2, TIMED)
     unet = build_sdxl_unet("full", device="meta")

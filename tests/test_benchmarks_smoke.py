@@ -18,12 +18,12 @@ def load(name: str):
 
 
 def test_unet_e2e_smoke(tmp_path, capsys):
-    e2e = load("unet_e2e")
+    from atedm_kernels import unet_bench as e2e
+
     out = tmp_path / "e2e.json"
     assert e2e.main(["--smoke", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert "SD-XL U-Net (tiny)" in capsys.readouterr().out
-    assert report["skipped"] == {}, report["skipped"]
     rows = {row["variant"]: row for row in report["rows"]}
     assert set(rows) == {*e2e.TIMED, "atedm-dsap-avg"}
     for name in e2e.TIMED:
@@ -37,10 +37,36 @@ def test_unet_e2e_smoke(tmp_path, capsys):
         (15 * rows["atedm-prune-less"]["median_ms"] + 35 * rows["atedm-normal"]["median_ms"]) / 50
     )
     assert {"torch", "diffusers", "triton", "tomesd"} <= set(report["versions"])
-    assert report["settings"]["resolved_backends"]["attention_with_map"] == "reference"
+    assert report["settings"]["resolved_backends"]["attention_with_map"] == "cpu"
+    for name in e2e.TIMED:  # the profiled warm-up call accounts for its time, and memory was read
+        split = rows[name]["split_ms"]
+        assert rows[name]["peak_memory_bytes"] > 0 and split["sdpa"] > 0
+        assert sum(split.values()) == pytest.approx(rows[name]["profiled_call_ms"])
+    for name in ("atedm-normal", "atedm-prune-less", "atedm-dagger"):
+        split, overhead = rows[name]["split_ms"], rows[name]["pruning_overhead"]
+        assert all(split[op] > 0 for op in e2e.KERNEL_OPS), split
+        assert overhead["replaced_sdpa_ms"] > 0 and 0 < overhead["fraction_of_call"] < 1
+    assert rows["dense"]["split_ms"]["attention_with_map"] == 0 and "pruning_overhead" not in rows["dense"]
 
 
-@pytest.mark.parametrize("name", ["unet_e2e", "kernels", "roofline"])
+def test_unet_e2e_explicit_options_beat_smoke_defaults():
+    from atedm_kernels import unet_bench
+
+    args = unet_bench.parse_args(["--smoke", "--reps", "5", "--height", "64"])
+    assert (args.reps, args.height, args.width, args.scale, args.device) == (5, 64, 128, "tiny", "cpu")
+
+
+def test_unet_e2e_refuses_cuda_without_a_gpu_in_one_line(monkeypatch, capsys):
+    from atedm_kernels import unet_bench
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        unet_bench.parse_args(["--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "atedm bench: error: --device cuda: torch sees no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["kernels", "roofline"])
 def test_gpu_benchmarks_refuse_without_cuda(name, monkeypatch, capsys):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert load(name).main([]) == 2

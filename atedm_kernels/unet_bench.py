@@ -1,0 +1,446 @@
+"""End-to-end U-Net step: dense SD-XL vs AT-EDM (per DSAP phase, 50-step average, dagger) vs SiTo vs tomesd.
+
+One U-Net call (one denoising step of a classifier-free-guidance batch) of SD-XL base's architecture with random
+weights (``build_sdxl_unet``), batch 2, 1024x1024 by default (fp16 on a GPU, fp32 on a CPU), every variant timed
+side by side in one run:
+
+* ``dense``: diffusers' own U-Net (attention through ``scaled_dot_product_attention``), the baseline;
+* ``atedm-normal``: AT-EDM (``AtEdmConfig()``, keep 0.37) in a normal step: every multi-layer block prunes;
+* ``atedm-prune-less``: the same in a DSAP prune-less step (the F-L blocks run dense);
+* ``atedm-dsap-avg``: the mean step of the paper's 50-step run, ``(15 * prune_less + 35 * normal) / 50``, computed
+  from the two phase medians above (not timed as a run of its own);
+* ``atedm-dagger``: AT-EDM-dagger (no pruning at the second feature level), normal step;
+* ``sito``: SiTo (``SiToConfig()``: prune ratio 0.5 of every self-attention, 2x2 patches), on the same kernels;
+* ``tomesd``: ToMe for SD (``tomesd.apply_patch``) at the paper's setting for SD-XL (supplementary B.1): ratio 0.5,
+  merging for self-attention, cross-attention and feed-forward, ``max_downsample=8`` to open its merge range to
+  every level (SD-XL's attention levels are at downsampling 2 and 4; tomesd's default 1 merges nothing there).
+
+Each phase is pinned by its config, not by hooks, so eager and compiled runs time exactly one static graph. The
+timestep is a device tensor, as in diffusers' pipelines.
+
+Timing (eager): every variant gets ``--warmup`` untimed calls, the first of them under ``torch.profiler`` (the
+split below); then ``--reps`` rounds, each timing one call of every variant in turn, so a change in the machine's
+load during the run falls on all variants alike. Each call is bracketed by CUDA events (``time.perf_counter`` on a
+CPU); the median is reported, and speed-up = dense median / variant median. ``--compile`` adds a
+``torch.compile`` row for every variant, timed variant after variant (one compilation each).
+
+Where the time goes: the profiled call gives, per variant, the time inside each pruning-path op
+(``atedm::attention_with_map``, ``gwpr``, ``select_tokens``, ``similarity_sources``, ``gather_tokens``,
+``recover_tokens``; device time on CUDA, CPU time otherwise), inside ``scaled_dot_product_attention``, and the rest.
+The pruning path's extra cost is ``attention_with_map - the dense SDPA it replaces + the other five ops``, where the
+SDPA replaced is dense's per-call SDPA time at the same (q, k) shapes times the number of pruning layers at them.
+
+Memory: peak resident set (Linux ``VmHWM``, reset before every call; weights included) on a CPU,
+``torch.cuda.max_memory_allocated`` on a GPU, the largest over a variant's calls. MACs come from
+``atedm_kernels.flops`` on a meta twin (tomesd's: its merged token counts, counted the same way; neither method's
+own selection/matching matmuls are included).
+
+    atedm bench --out unet_e2e.json                                              # GPU: full SD-XL, 1024 px, fp16
+    atedm bench --device cpu --height 512 --width 512 --out cpu_512.json         # CPU: full SD-XL, fp32
+    atedm bench --smoke --out /tmp/e2e.json                                      # CPU, tiny model, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import platform
+import statistics
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from . import flops
+from .backends import BACKENDS, preference_for, resolve
+from .sdxl import AtEdmConfig, SiToConfig, apply, apply_sito, build_sdxl_unet, unet_inputs
+
+ALWAYS_PRUNE_LESS = 2**30  # prune_less_steps so large that every call is a DSAP prune-less step
+PAPER_STEPS, PAPER_PRUNE_LESS_STEPS = 50, 15
+TOMESD_ARGS = {"ratio": 0.5, "max_downsample": 8, "merge_attn": True, "merge_crossattn": True, "merge_mlp": True}
+TIMED = ("dense", "atedm-normal", "atedm-prune-less", "atedm-dagger", "sito", "tomesd")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+KERNEL_OPS = ("attention_with_map", "gwpr", "select_tokens", "similarity_sources", "gather_tokens", "recover_tokens")
+SDPA = "aten::scaled_dot_product_attention"
+PHASE = {"atedm-normal": "normal", "atedm-prune-less": "prune_less", "atedm-dagger": "normal", "sito": "normal"}
+
+
+def pruning_configs(backend: str) -> dict[str, AtEdmConfig | SiToConfig]:
+    """The AT-EDM variants, each pinned to the schedule phase ``PHASE`` names, and SiTo at its paper setting."""
+    return {
+        "atedm-normal": AtEdmConfig(prune_less_steps=0, backend=backend),
+        "atedm-prune-less": AtEdmConfig(prune_less_steps=ALWAYS_PRUNE_LESS, backend=backend),
+        "atedm-dagger": AtEdmConfig(prune_less_steps=0, skip_second_level=True, backend=backend),
+        "sito": SiToConfig(backend=backend),
+    }
+
+
+@contextlib.contextmanager
+def variant(unet, name: str, backend: str):
+    """The U-Net patched as ``name`` for the duration of the block, restored afterwards; yields the pruning handle
+    (None for dense and tomesd)."""
+    if name == "dense":
+        yield None
+    elif name == "tomesd":
+        import tomesd
+
+        tomesd.apply_patch(unet, **TOMESD_ARGS)
+        try:
+            yield None
+        finally:
+            tomesd.remove_patch(unet)
+    else:
+        config = pruning_configs(backend)[name]
+        with (apply if isinstance(config, AtEdmConfig) else apply_sito)(unet, config) as handle:
+            yield handle
+
+
+def count_macs(scale: str, height: int, width: int, batch: int, names) -> dict[str, int]:
+    """MACs per timed variant, on a meta twin of the benchmarked architecture (the tiny one: a CPU fp32 twin with
+    real forwards, which is faster than meta's per-op shape logic at that size)."""
+    on_meta = scale != "tiny"
+    twin = build_sdxl_unet(scale, device="meta" if on_meta else "cpu")
+    macs: dict[str, int] = {}
+    for name in names:
+        if name == "dense":
+            macs[name] = flops.count_unet_macs(twin, height, width, batch, on_meta=on_meta).total
+        elif name == "tomesd":
+            with variant(twin, name, "reference"):
+                macs[name] = flops.count_forward_macs(twin, height, width, batch).total
+        else:
+            config = pruning_configs("reference")[name]
+            report = flops.count_unet_macs(twin, height, width, batch, config, PHASE[name], on_meta=on_meta)
+            macs[name] = report.total
+    return macs
+
+
+def dsap_mean(prune_less: float, normal: float) -> float:
+    """The mean step of the paper's run: ``(15 * prune_less + 35 * normal) / 50``."""
+    return (PAPER_PRUNE_LESS_STEPS * prune_less + (PAPER_STEPS - PAPER_PRUNE_LESS_STEPS) * normal) / PAPER_STEPS
+
+
+class PeakMemory:
+    """Peak memory of the calls made between ``reset()`` and ``read()``: allocated CUDA memory on a GPU, the
+    process's peak resident set on Linux (``VmHWM``, which writing 5 to ``/proc/self/clear_refs`` resets; freed
+    heap is handed back to the system first so an earlier variant's leftovers do not count), else None."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._libc = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self._libc is not None:
+            self._libc.malloc_trim(0)
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def read(self) -> int | None:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        if self._libc is None:
+            return None
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return None
+
+
+def timed_call(fn, device: torch.device) -> float:
+    """Milliseconds of one call of ``fn`` (CUDA events on a GPU, wall clock on a CPU)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def profiled_call(fn, device: torch.device) -> dict:
+    """One call of ``fn`` under ``torch.profiler``: its wall time, the time in each pruning-path op and in SDPA
+    (device time on CUDA, CPU time elsewhere), and the SDPA / attention_with_map call counts per (q, k) shape."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        wall_ms = timed_call(fn, device)
+    on_device = device.type == "cuda"
+    split = dict.fromkeys((*KERNEL_OPS, "sdpa"), 0.0)
+    sdpa_calls, map_calls = {}, {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        ms = (event.device_time_total if on_device else event.cpu_time_total) / 1e3
+        shapes = str(event.input_shapes[:2])  # (q, k)
+        if event.key == SDPA:
+            split["sdpa"] += ms
+            count, total = sdpa_calls.get(shapes, (0, 0.0))
+            sdpa_calls[shapes] = (count + event.count, total + ms)
+        elif event.key.startswith("atedm::") and event.key[len("atedm::"):] in KERNEL_OPS:
+            split[event.key[len("atedm::"):]] += ms
+            if event.key == "atedm::attention_with_map":
+                map_calls[shapes] = map_calls.get(shapes, 0) + event.count
+    split["rest"] = wall_ms - sum(split.values())
+    return {"profiled_call_ms": wall_ms, "split_ms": split, "sdpa_calls": sdpa_calls, "map_calls": map_calls}
+
+
+def pruning_overhead(profiled: dict, dense: dict) -> dict | None:
+    """The pruning path's extra cost in one profiled call: ``attention_with_map`` minus the dense SDPA it replaces
+    (dense's per-call SDPA time at the same (q, k) shapes), plus gwpr, select, sources, gather and recover."""
+    if not profiled["map_calls"]:
+        return None
+    replaced = 0.0
+    for shapes, count in profiled["map_calls"].items():
+        if shapes not in dense["sdpa_calls"]:
+            return None
+        dense_count, dense_ms = dense["sdpa_calls"][shapes]
+        replaced += count * dense_ms / dense_count
+    split = profiled["split_ms"]
+    extra = split["attention_with_map"] - replaced + sum(split[op] for op in KERNEL_OPS[1:])
+    return {
+        "replaced_sdpa_ms": replaced,
+        "extra_ms": extra,
+        "fraction_of_call": extra / profiled["profiled_call_ms"],
+    }
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("torch", "diffusers", "triton", "tomesd", "atedm-kernels"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    out["cuda"] = torch.version.cuda or "none"
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"CPU: {model}, {torch.get_num_threads()} threads"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_eager(unet, step, names, args, device, memory) -> tuple[dict, dict, dict]:
+    """Interleaved eager timing: per-variant warm-up (the first call profiled), then ``reps`` rounds of one call
+    of every variant. Returns times per variant, peak memory per variant and the profile per variant."""
+    times = {name: [] for name in names}
+    peaks: dict[str, int | None] = dict.fromkeys(names)
+    profiles, warm_ms = {}, {}
+    for name in names:
+        with variant(unet, name, args.backend) as handle:
+            memory.reset()
+            profiles[name] = profiled_call(step, device)
+            warm_ms[name] = profiles[name]["profiled_call_ms"]
+            for _ in range(args.warmup - 1):
+                warm_ms[name] = timed_call(step, device)
+            peaks[name] = memory.read()
+            check_phase(name, handle)
+        log(f"  warm-up {name:<17} {warm_ms[name] / 1e3:8.2f} s")
+    log(f"  timing {args.reps} rounds of {len(names)} variants: about {args.reps * sum(warm_ms.values()) / 6e4:.1f} min")
+    for rep in range(args.reps):
+        for name in names:
+            with variant(unet, name, args.backend) as handle:
+                memory.reset()
+                times[name].append(timed_call(step, device))
+                peak = memory.read()
+                check_phase(name, handle)
+            if peak is not None:
+                peaks[name] = max(peaks[name] or 0, peak)
+        log(f"  round {rep + 1}/{args.reps}: " + ", ".join(f"{n} {times[n][-1] / 1e3:.2f} s" for n in names))
+    return times, peaks, profiles
+
+
+def run_compiled(unet, step_of, names, args, device, memory) -> tuple[dict, dict]:
+    """Compiled timing, variant after variant (each needs its own compilation)."""
+    times, peaks = {}, {}
+    for name in names:
+        torch._dynamo.reset()
+        compiled = torch.compile(unet)
+        step = step_of(compiled)
+        with variant(unet, name, args.backend) as handle:
+            memory.reset()
+            for _ in range(max(1, args.warmup)):
+                step()
+            times[name] = [timed_call(step, device) for _ in range(args.reps)]
+            peaks[name] = memory.read()
+            check_phase(name, handle)
+    return times, peaks
+
+
+def check_phase(name: str, handle) -> None:
+    if handle is not None and handle.stats()[-1].phase != PHASE[name]:
+        raise RuntimeError(f"{name}: ran as a {handle.stats()[-1].phase} step, not {PHASE[name]}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    log(f"building SD-XL's U-Net ({args.scale}, random weights, {args.dtype}) on {device} ...")
+    unet = build_sdxl_unet(args.scale, device=device, dtype=dtype, seed=args.seed)
+    inputs = unet_inputs(unet, args.batch, args.height, args.width, seed=args.seed + 1)  # random, never zeros
+    sample, timestep = inputs.pop("sample"), inputs.pop("timestep")  # [B, 4, h/8, w/8], 0-dim on the device
+    # what each pruning-path op runs on, as the pruning layer resolves a model-wide backend (fails early if forced
+    # to a backend that cannot run here)
+    backends = {op: resolve(op, preference_for(op, args.backend), device) for op in KERNEL_OPS}
+    macs = count_macs(args.scale, args.height, args.width, args.batch, args.variants)
+    memory = PeakMemory(device)
+
+    def step_of(model):
+        def step():
+            with torch.no_grad():
+                return model(sample, timestep, **inputs).sample  # [B, 4, h/8, w/8]
+        return step
+
+    for name in args.variants:  # a broken variant fails here, before any timing, with its name
+        with variant(unet, name, args.backend):
+            if not torch.isfinite(step_of(unet)()).all():
+                raise RuntimeError(f"{name}: non-finite U-Net output")
+    rows = []
+    times, peaks, profiles = run_eager(unet, step_of(unet), args.variants, args, device, memory)
+    for name in args.variants:
+        row = {"variant": name, "compiled": False, "macs": macs[name], "median_ms": statistics.median(times[name]),
+               "peak_memory_bytes": peaks[name], "times_ms": times[name],
+               "profiled_call_ms": profiles[name]["profiled_call_ms"], "split_ms": profiles[name]["split_ms"]}
+        if "dense" in profiles and name != "dense":
+            row["pruning_overhead"] = pruning_overhead(profiles[name], profiles["dense"])
+        rows.append(row)
+    add_dsap_average(rows, compiled=False)
+    if args.compile:
+        times, peaks = run_compiled(unet, step_of, args.variants, args, device, memory)
+        rows += [{"variant": name, "compiled": True, "macs": macs[name], "median_ms": statistics.median(times[name]),
+                  "peak_memory_bytes": peaks[name], "times_ms": times[name]} for name in args.variants]
+        add_dsap_average(rows, compiled=True)
+    for row in rows:
+        dense = next((r for r in rows if r["variant"] == "dense" and r["compiled"] == row["compiled"]), None)
+        row["speedup_vs_dense"] = dense["median_ms"] / row["median_ms"] if dense else None
+    return {
+        "benchmark": "unet_e2e",
+        "device": device_name(device),
+        "versions": versions(),
+        "settings": {
+            "scale": args.scale, "height": args.height, "width": args.width, "batch": args.batch,
+            "dtype": args.dtype, "warmup": args.warmup, "reps": args.reps, "atedm_backend": args.backend,
+            "resolved_backends": backends, "tomesd": TOMESD_ARGS, "seed": args.seed,
+        },
+        "macs_note": "multiply-accumulates per U-Net call (atedm_kernels.flops), batch included",
+        "rows": rows,
+    }
+
+
+def add_dsap_average(rows: list[dict], compiled: bool) -> None:
+    """The 50-step DSAP mean step (time and MACs) from the two phase rows of this mode, when both were timed."""
+    phase = {r["variant"]: r for r in rows if r["compiled"] == compiled}
+    if "atedm-normal" not in phase or "atedm-prune-less" not in phase:
+        return
+    normal, prune_less = phase["atedm-normal"], phase["atedm-prune-less"]
+    peaks = [normal["peak_memory_bytes"], prune_less["peak_memory_bytes"]]
+    rows.append({
+        "variant": "atedm-dsap-avg",
+        "compiled": compiled,
+        "macs": round(dsap_mean(prune_less["macs"], normal["macs"])),
+        "median_ms": dsap_mean(prune_less["median_ms"], normal["median_ms"]),
+        "peak_memory_bytes": None if None in peaks else max(peaks),
+        "times_ms": None,
+        "note": f"weighted mean ({PAPER_PRUNE_LESS_STEPS} * prune-less + {PAPER_STEPS - PAPER_PRUNE_LESS_STEPS} * "
+                f"normal) / {PAPER_STEPS} of the two phase rows, not timed as a run",
+    })
+
+
+def format_table(report: dict) -> str:
+    settings = report["settings"]
+    lines = [
+        f"{report['device']}  torch {report['versions']['torch']}  diffusers {report['versions']['diffusers']}  "
+        f"tomesd {report['versions']['tomesd']}",
+        f"SD-XL U-Net ({settings['scale']}), {settings['height']}x{settings['width']}, batch {settings['batch']}, "
+        f"{settings['dtype']}; median of {settings['reps']} interleaved calls after {settings['warmup']} warm-up",
+    ]
+    header = f"{'variant':<18}{'mode':<10}{'GMACs':>10}{'median ms':>12}{'x dense':>9}{'peak GiB':>10}{'pruning path':>14}"
+    lines += [header, "-" * len(header)]
+    for row in report["rows"]:
+        speedup = f"{row['speedup_vs_dense']:.2f}" if row["speedup_vs_dense"] is not None else "n/a"
+        memory = f"{row['peak_memory_bytes'] / 2**30:.2f}" if row["peak_memory_bytes"] else "n/a"
+        overhead = row.get("pruning_overhead")
+        extra = f"{overhead['fraction_of_call']:.1%}" if overhead else ""
+        mode = "compiled" if row["compiled"] else "eager"
+        lines.append(f"{row['variant']:<18}{mode:<10}{row['macs'] / 1e9:>10.1f}{row['median_ms']:>12.1f}{speedup:>9}"
+                     f"{memory:>10}{extra:>14}")
+    lines.append("pruning path: extra cost of AT-EDM's ops over the dense SDPA they replace, share of a profiled call")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="atedm bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a check, not a measurement: defaults to the tiny model "
+                        "on the CPU, fp32, 128 px, 1 thread, 1 warm-up and 3 timed calls (options given explicitly win)")
+    parser.add_argument("--scale", choices=("full", "tiny"), help="model size (default full)")
+    parser.add_argument("--height", type=int, help="image height in pixels (default 1024)")
+    parser.add_argument("--width", type=int, help="image width in pixels (default 1024)")
+    parser.add_argument("--batch", type=int, default=2, help="U-Net batch (2 = one image with CFG)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default fp16 on CUDA, fp32 on a CPU")
+    parser.add_argument("--device", help="default cuda when available, else cpu")
+    parser.add_argument("--warmup", type=int, help="untimed calls per variant (default 10 on CUDA, 1 on a CPU)")
+    parser.add_argument("--reps", type=int, help="timed rounds (default 50 on CUDA, 3 on a CPU)")
+    parser.add_argument("--compile", action="store_true", help="also time every variant under torch.compile")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="AT-EDM's op backend (AtEdmConfig.backend)")
+    parser.add_argument("--variants", nargs="+", choices=TIMED, default=list(TIMED))
+    parser.add_argument("--threads", type=int, help="CPU intra-op threads (--smoke: 1; else torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="write the report (raw timings included) to this JSON file")
+    args = parser.parse_args(argv)
+    smoke = {"scale": "tiny", "height": 128, "width": 128, "dtype": "fp32", "device": "cpu", "warmup": 1, "reps": 3,
+             "threads": 1}  # a tiny model's many small ops run fastest on one thread
+    for option, value in smoke.items():
+        if args.smoke and getattr(args, option) is None:
+            setattr(args, option, value)
+    args.scale = args.scale or "full"
+    args.height, args.width = args.height or 1024, args.width or 1024
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    on_cuda = args.device.startswith("cuda")
+    args.dtype = args.dtype or ("fp16" if on_cuda else "fp32")
+    args.warmup = 10 if args.warmup is None and on_cuda else 1 if args.warmup is None else args.warmup
+    args.reps = 50 if args.reps is None and on_cuda else 3 if args.reps is None else args.reps
+    if args.warmup < 1 or args.reps < 1:
+        parser.error("--warmup and --reps must be >= 1")
+    if args.height % 8 or args.width % 8 or args.height < 8 or args.width < 8:
+        parser.error(f"--height and --width must be positive multiples of 8, got {args.height}x{args.width}")
+    if on_cuda and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device (use --device cpu, or --smoke)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        report = run(args)
+    finally:
+        torch.set_num_threads(threads)
+    print(format_table(report))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
