@@ -169,10 +169,12 @@ def timed_call(fn, device: torch.device) -> float:
 
 def profiled_call(fn, device: torch.device) -> dict:
     """One call of ``fn`` under ``torch.profiler``: its wall time, the time in each pruning-path op and in SDPA
-    (device time on CUDA, CPU time elsewhere), and the SDPA / attention_with_map call counts per (q, k) shape."""
+    (device time on CUDA, CPU time elsewhere), the SDPA / attention_with_map call counts per (q, k) shape, and
+    the call's output."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    outputs = []
     with profile(activities=activities, record_shapes=True) as prof:
-        wall_ms = timed_call(fn, device)
+        wall_ms = timed_call(lambda: outputs.append(fn()), device)
     on_device = device.type == "cuda"
     split = dict.fromkeys((*KERNEL_OPS, "sdpa"), 0.0)
     sdpa_calls, map_calls = {}, {}
@@ -188,7 +190,8 @@ def profiled_call(fn, device: torch.device) -> dict:
             if event.key == "atedm::attention_with_map":
                 map_calls[shapes] = map_calls.get(shapes, 0) + event.count
     split["rest"] = wall_ms - sum(split.values())
-    return {"profiled_call_ms": wall_ms, "split_ms": split, "sdpa_calls": sdpa_calls, "map_calls": map_calls}
+    return {"profiled_call_ms": wall_ms, "split_ms": split, "sdpa_calls": sdpa_calls, "map_calls": map_calls,
+            "output": outputs[0]}
 
 
 def pruning_overhead(profiled: dict, dense: dict) -> dict | None:
@@ -248,6 +251,8 @@ def run_eager(unet, step, names, args, device, memory) -> tuple[dict, dict, dict
         with variant(unet, name, args.backend) as handle:
             memory.reset()
             profiles[name] = profiled_call(step, device)
+            if not torch.isfinite(profiles[name].pop("output")).all():
+                raise RuntimeError(f"{name}: non-finite U-Net output")
             warm_ms[name] = profiles[name]["profiled_call_ms"]
             for _ in range(args.warmup - 1):
                 warm_ms[name] = timed_call(step, device)
@@ -309,10 +314,6 @@ def run(args: argparse.Namespace) -> dict:
                 return model(sample, timestep, **inputs).sample  # [B, 4, h/8, w/8]
         return step
 
-    for name in args.variants:  # a broken variant fails here, before any timing, with its name
-        with variant(unet, name, args.backend):
-            if not torch.isfinite(step_of(unet)()).all():
-                raise RuntimeError(f"{name}: non-finite U-Net output")
     rows = []
     times, peaks, profiles = run_eager(unet, step_of(unet), args.variants, args, device, memory)
     for name in args.variants:

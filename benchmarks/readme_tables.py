@@ -3,7 +3,8 @@
 ``python benchmarks/readme_tables.py --count-macs`` recounts the SD-XL MACs (meta device, seconds) into
 ``benchmarks/results/macs_sdxl_1024.json``; ``python benchmarks/readme_tables.py`` (re)writes the README section
 between ``<!-- tables:start -->`` and ``<!-- tables:end -->`` from every JSON under ``benchmarks/results/``:
-the MACs table, and the end-to-end and kernel tables when a GPU run has committed ``unet_e2e.json`` /
+the MACs table; the CPU end-to-end tables (``unet_e2e_cpu_*.json``, from ``atedm bench --device cpu``, with the
+pruning path's split); and the GPU end-to-end and kernel tables when a GPU run has committed ``unet_e2e.json`` /
 ``kernels.json``. ``tests/test_readme_tables.py`` fails when the README and the JSON disagree.
 """
 
@@ -51,30 +52,63 @@ def macs_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def e2e_table(report: dict) -> str:
+def e2e_table(report: dict, source: str) -> str:
+    settings = report["settings"]
     lines = [
-        f"End-to-end U-Net step on {report.get('device', '?')} (from `benchmarks/results/unet_e2e.json`):",
+        f"End-to-end U-Net step, SD-XL base architecture ({settings['scale']}, random weights), "
+        f"{settings['height']}x{settings['width']}, batch {settings['batch']}, {settings['dtype']}, on "
+        f"{report.get('device', '?')}; median of {settings['reps']} interleaved calls (from `{source}`):",
         "",
-        "| variant | mode | T MACs | median ms | speed-up vs dense | peak GiB |",
-        "|---|---|---|---|---|---|",
+        "| variant | mode | G MACs | median s | speed-up vs dense | MACs ratio | peak GiB | pruning path extra |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    dense_macs = {row["compiled"]: row["macs"] for row in report["rows"] if row["variant"] == "dense"}
     for row in report["rows"]:
-        macs = f"{row['macs'] / 1e12:.3f}" if row.get("macs") else "n/a"
-        peak = f"{row['peak_memory_bytes'] / 2**30:.1f}" if row.get("peak_memory_bytes") else "n/a"
+        peak = f"{row['peak_memory_bytes'] / 2**30:.2f}" if row.get("peak_memory_bytes") else "n/a"
         mode = "compiled" if row["compiled"] else "eager"
+        overhead = row.get("pruning_overhead")
+        extra = f"{overhead['extra_ms'] / 1e3:.2f} s ({overhead['fraction_of_call']:.1%})" if overhead else ""
+        ratio = dense_macs[row["compiled"]] / row["macs"]
         lines.append(
-            f"| {row['variant']} | {mode} | {macs} | {row['median_ms']:.2f} | {row['speedup_vs_dense']:.2f}x | {peak} |"
+            f"| {row['variant']} | {mode} | {row['macs'] / 1e9:.1f} | {row['median_ms'] / 1e3:.2f} | "
+            f"{row['speedup_vs_dense']:.2f}x | {ratio:.2f}x | {peak} | {extra} |"
         )
     return "\n".join(lines)
+
+
+def split_table(report: dict) -> str:
+    """Where the time of one profiled call goes, per variant (seconds)."""
+    ops = ("attention_with_map", "gwpr", "select_tokens", "similarity_sources", "gather_tokens", "recover_tokens")
+    lines = [
+        "| variant | profiled call | SDPA | " + " | ".join(ops) + " | rest | SDPA replaced by the map |",
+        "|---" * (len(ops) + 5) + "|",
+    ]
+    for row in report["rows"]:
+        if "split_ms" not in row:
+            continue
+        split, overhead = row["split_ms"], row.get("pruning_overhead")
+        cells = [row["profiled_call_ms"], split["sdpa"], *(split[op] for op in ops), split["rest"]]
+        replaced = f"{overhead['replaced_sdpa_ms'] / 1e3:.3f}" if overhead else ""
+        lines.append(f"| {row['variant']} | " + " | ".join(f"{ms / 1e3:.3f}" for ms in cells) + f" | {replaced} |")
+    return "\n".join(lines)
+
+
+def cpu_e2e_reports() -> list[tuple[Path, dict]]:
+    paths = sorted(RESULTS.glob("unet_e2e_cpu_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    return [(path, json.loads(path.read_text())) for path in paths]
 
 
 def render() -> str:
     parts = []
     macs = RESULTS / "macs_sdxl_1024.json"
     parts.append(macs_table(json.loads(macs.read_text())) if macs.is_file() else "No MACs results committed.")
+    for path, report in cpu_e2e_reports():
+        source = path.relative_to(ROOT).as_posix()
+        parts.append("CPU figures, measured (not a GPU claim). " + e2e_table(report, source))
+        parts.append(f"Where one profiled call's time goes (seconds, from `{source}`):\n\n{split_table(report)}")
     e2e, kernels = RESULTS / "unet_e2e.json", RESULTS / "kernels.json"
     if e2e.is_file():
-        parts.append(e2e_table(json.loads(e2e.read_text())))
+        parts.append(e2e_table(json.loads(e2e.read_text()), "benchmarks/results/unet_e2e.json"))
     if kernels.is_file():
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from kernels import format_table
@@ -83,8 +117,9 @@ def render() -> str:
         parts.append(f"Kernels (from `benchmarks/results/kernels.json`):\n\n```\n{table}\n```")
     if not (e2e.is_file() or kernels.is_file()):
         parts.append(
-            "No GPU timings are committed yet: the end-to-end and kernel tables appear here once `.ci/gpu` has run "
-            "on an H100-class GPU and its JSON is committed under `benchmarks/results/`."
+            "No GPU timings are committed yet: the GPU end-to-end and kernel tables appear here once `.ci/gpu` has "
+            "run on an H100-class GPU and its JSON is committed under `benchmarks/results/`; until then "
+            "`benchmarks/NOTES.md` models the GPU side (labelled as a model)."
         )
     return "\n\n".join(parts)
 
