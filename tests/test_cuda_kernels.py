@@ -75,10 +75,11 @@ needs_gpu = pytest.mark.skipif(
 
 @pytest.fixture(scope="session")
 def host_extension():
-    """The CPU test build of csrc/ (compiled on first use, cached under build/cuda_host/)."""
+    """The CPU test build of csrc/ (compiled on first use, cached under build/cuda_host/); a sanitizer build when
+    ATEDM_CUDA_HOST_SANITIZER names one (python -m tests.cuda_host.sanitize sets it)."""
     if compiler() is None:
         pytest.skip("no C++ compiler ($CXX or g++): the CPU test build of csrc/ cannot be made")
-    return HostExtension(build())
+    return HostExtension(build(os.environ.get("ATEDM_CUDA_HOST_SANITIZER") or None))
 
 
 @pytest.fixture(params=["nvcc", "emulated"])
