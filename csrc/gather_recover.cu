@@ -152,9 +152,9 @@ void gather_tokens(std::uintptr_t x, std::uintptr_t idx, std::uintptr_t out, int
   const int shift = group_shift_for(words);
   dispatch_word(word, [&](auto tag) {
     using Word = typename decltype(tag)::type;
-    gather_tokens_kernel<Word><<<copy_blocks(out_rows, shift), kCopyThreads, 0, as_stream(stream)>>>(
-        as_ptr<const Word>(x), as_ptr<const int64_t>(idx), as_ptr<Word>(out), batch, n, k, words, shift);
-    check_launch("gather_tokens_kernel");
+    launch_kernel("gather_tokens_kernel", gather_tokens_kernel<Word>, copy_blocks(out_rows, shift), kCopyThreads, 0,
+                  as_stream(stream), as_ptr<const Word>(x), as_ptr<const int64_t>(idx), as_ptr<Word>(out), batch, n,
+                  k, words, shift);
   });
 }
 
@@ -182,10 +182,10 @@ void recover_tokens(std::uintptr_t x_kept, std::uintptr_t keep_idx, std::uintptr
   const int shift = group_shift_for(words);
   dispatch_word(word, [&](auto tag) {
     using Word = typename decltype(tag)::type;
-    recover_tokens_kernel<Word><<<copy_blocks(batch * n, shift), kCopyThreads, 0, as_stream(stream)>>>(
-        as_ptr<const Word>(x_kept), as_ptr<const int64_t>(keep_idx), as_ptr<const int64_t>(prune_idx),
-        as_ptr<const int64_t>(src), as_ptr<Word>(out), batch, n, keep, words, shift);
-    check_launch("recover_tokens_kernel");
+    launch_kernel("recover_tokens_kernel", recover_tokens_kernel<Word>, copy_blocks(batch * n, shift), kCopyThreads,
+                  0, as_stream(stream), as_ptr<const Word>(x_kept), as_ptr<const int64_t>(keep_idx),
+                  as_ptr<const int64_t>(prune_idx), as_ptr<const int64_t>(src), as_ptr<Word>(out), batch, n, keep,
+                  words, shift);
   });
 }
 

@@ -242,9 +242,8 @@ void gwpr(std::uintptr_t amap, std::uintptr_t scores, std::uintptr_t workspace, 
       for (int64_t t = 0; t < num_iters; ++t) {
         const float* p_in = t == 0 ? nullptr : ws + ((t - 1) % 2) * buffer_floats + b0 * plan.splits * n;
         float* p_out = ws + (t % 2) * buffer_floats + b0 * plan.splits * n;
-        kernel<<<grid, kGwprThreads, smem, st>>>(a, p_in, p_out, n, plan.splits,
-                                                 static_cast<int>(plan.rows_per_split), scale, bias, init);
-        check_launch("gwpr_step_kernel");
+        launch_kernel("gwpr_step_kernel", kernel, grid, kGwprThreads, smem, st, a, p_in, p_out, n, plan.splits,
+                      static_cast<int>(plan.rows_per_split), scale, bias, init);
       }
     }
   });
@@ -253,10 +252,9 @@ void gwpr(std::uintptr_t amap, std::uintptr_t scores, std::uintptr_t workspace, 
   for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridYZ) {
     const int64_t rows = std::min(kMaxGridYZ, batch - b0);
     const dim3 grid(static_cast<unsigned>(ceil_div(n, kFinalizeThreads)), static_cast<unsigned>(rows));
-    gwpr_finalize_kernel<<<grid, kFinalizeThreads, 0, st>>>(
-        p_last == nullptr ? nullptr : p_last + b0 * plan.splits * n, as_ptr<float>(scores) + b0 * n, n, plan.splits,
-        scale, bias, init);
-    check_launch("gwpr_finalize_kernel");
+    launch_kernel("gwpr_finalize_kernel", gwpr_finalize_kernel, grid, kFinalizeThreads, 0, st,
+                  p_last == nullptr ? nullptr : p_last + b0 * plan.splits * n, as_ptr<float>(scores) + b0 * n, n,
+                  plan.splits, scale, bias, init);
   }
 }
 

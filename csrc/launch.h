@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace atedm {
 
@@ -22,6 +23,20 @@ inline void check_cuda(cudaError_t status, const char* what) {
 
 // Checks the launch that was just issued (configuration errors surface here, asynchronous faults later).
 inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+// kernel<<<grid, block, dynamic_shared, stream>>>(args...), then check_launch(name). Every launch of csrc/ goes
+// through here: under nvcc it is the triple-chevron launch; the CPU test build of tests/cuda_host/ (host compiler,
+// ATEDM_CUDA_HOST) runs the same kernel on host memory with its scheduler instead.
+template <typename... Params, typename... Args>
+inline void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_shared,
+                          cudaStream_t stream, Args&&... args) {
+#if defined(ATEDM_CUDA_HOST)
+  cuda_host::launch(name, kernel, grid, block, dynamic_shared, stream, std::forward<Args>(args)...);
+#else
+  kernel<<<grid, block, dynamic_shared, stream>>>(std::forward<Args>(args)...);
+#endif
+  check_launch(name);
+}
 
 inline cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 

@@ -184,10 +184,9 @@ void select_tokens(std::uintptr_t scores, std::uintptr_t keep_idx, std::uintptr_
 
   dispatch_dtype(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    select_tokens_kernel<T><<<static_cast<unsigned>(batch), kSelectThreads, 0, as_stream(stream)>>>(
-        as_ptr<const T>(scores), as_ptr<int64_t>(keep_idx), as_ptr<int64_t>(prune_idx), static_cast<int>(n),
-        static_cast<int>(keep));
-    check_launch("select_tokens_kernel");
+    launch_kernel("select_tokens_kernel", select_tokens_kernel<T>, static_cast<unsigned>(batch), kSelectThreads, 0,
+                  as_stream(stream), as_ptr<const T>(scores), as_ptr<int64_t>(keep_idx), as_ptr<int64_t>(prune_idx),
+                  static_cast<int>(n), static_cast<int>(keep));
   });
 }
 

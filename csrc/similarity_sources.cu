@@ -111,10 +111,9 @@ void similarity_sources(std::uintptr_t amap, std::uintptr_t keep_idx, std::uintp
     for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridYZ) {
       const int64_t rows = std::min(kMaxGridYZ, batch - b0);
       const dim3 grid(static_cast<unsigned>(ceil_div(pruned, kSourcesColumns)), static_cast<unsigned>(rows));
-      similarity_sources_kernel<T><<<grid, kSourcesThreads, 0, as_stream(stream)>>>(
-          as_ptr<const T>(amap) + b0 * n * n, as_ptr<const int64_t>(keep_idx) + b0 * keep,
-          as_ptr<const int64_t>(prune_idx) + b0 * pruned, as_ptr<int64_t>(src) + b0 * pruned, n, keep);
-      check_launch("similarity_sources_kernel");
+      launch_kernel("similarity_sources_kernel", similarity_sources_kernel<T>, grid, kSourcesThreads, 0,
+                    as_stream(stream), as_ptr<const T>(amap) + b0 * n * n, as_ptr<const int64_t>(keep_idx) + b0 * keep,
+                    as_ptr<const int64_t>(prune_idx) + b0 * pruned, as_ptr<int64_t>(src) + b0 * pruned, n, keep);
     }
   });
 }

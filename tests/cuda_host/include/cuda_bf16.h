@@ -1,0 +1,3 @@
+// cuda_bf16.h of the CPU test build: everything is in cuda_host.h.
+#pragma once
+#include "../cuda_host.h"
