@@ -2,7 +2,8 @@
 
 ``ATEDM_BUILD_CUDA``: ``auto`` (default; build when ``nvcc`` is found, otherwise install without the extension),
 ``1`` (build or fail loudly), ``0`` (never build). ``ATEDM_CUDA_ARCHS`` overrides the CUDA architectures
-(CMake list syntax, default ``80;90``). CMake runs with the Ninja generator.
+(CMake list syntax); the default list lives in CMakeLists.txt alone, so a direct ``cmake`` build gets the same.
+CMake runs with the Ninja generator.
 """
 
 from __future__ import annotations
@@ -66,20 +67,21 @@ class CMakeBuild(build_ext):
         ext_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
-        archs = os.environ.get("ATEDM_CUDA_ARCHS", "80;90")
+        archs = os.environ.get("ATEDM_CUDA_ARCHS")
         configure = [
             "cmake",
             str(ROOT),
             "-G",
             "Ninja",
             f"-DCMAKE_CUDA_COMPILER={nvcc}",
-            f"-DCMAKE_CUDA_ARCHITECTURES={archs}",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={ext_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DATEDM_VERSION={VERSION}",
         ]
+        if archs:
+            configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
         subprocess.run(configure, cwd=build_dir, check=True)
         subprocess.run(["cmake", "--build", ".", "--parallel"], cwd=build_dir, check=True)
 

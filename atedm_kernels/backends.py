@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import re
 import warnings
 
 import torch
@@ -101,11 +102,35 @@ def _arch_mismatch(device: torch.device) -> str | None:
 
     if not torch.cuda.is_available():
         return "torch sees no CUDA device"
-    archs = [int(a) for a in str(_C.info()["cuda_archs"]).replace(";", ",").split(",") if a.strip().isdigit()]
+    archs = str(_C.info()["cuda_archs"])
     major, minor = torch.cuda.get_device_capability(device)
-    if archs and 10 * major + minor < min(archs):
-        return f"the extension is built for sm_{min(archs)}+ but {device} is sm_{major}{minor}; rebuild with ATEDM_CUDA_ARCHS"
+    if not archs_run_on(archs, 10 * major + minor):
+        return f"the extension is built for {archs} but {device} is sm_{major}{minor}; rebuild with ATEDM_CUDA_ARCHS"
     return None
+
+
+def archs_run_on(archs: str, capability: int) -> bool:
+    """Whether a build for ``archs`` (CMake's CUDA_ARCHITECTURES entries, ``,`` or ``;`` separated: ``80`` is SASS
+    and PTX, ``80-real`` SASS, ``80-virtual`` PTX, ``90a`` arch-specific) has code for compute capability
+    ``capability`` (``10 * major + minor``): SASS of the same major version and a minor at most the device's, or
+    PTX of a capability at most the device's, which the driver compiles at load time. Unparsed entries are ignored;
+    an empty list is taken as runnable (nothing known)."""
+    entries = [re.fullmatch(r"(\d+)([a-z]?)(-real|-virtual)?", a.strip()) for a in re.split(r"[,;]", archs)]
+    entries = [e for e in entries if e]
+    if not entries:
+        return True
+    for entry in entries:
+        number, specific, kind = int(entry[1]), entry[2], entry[3]
+        if specific:  # sm_90a and the like run on exactly that capability
+            runs = number == capability
+        else:
+            sass = kind != "-virtual" and number // 10 == capability // 10 and number <= capability
+            ptx = kind != "-real" and number <= capability
+            runs = sass or ptx
+        if runs:
+            return True
+    return False
+
 
 
 def cpu_unavailable_reason(device: torch.device) -> str | None:

@@ -46,3 +46,22 @@ def test_auto_on_cuda_without_kernels_falls_back_with_a_warning(monkeypatch):
     with pytest.warns(RuntimeWarning, match="reference"):
         assert backends.resolve("select_tokens", "auto", torch.device("cuda")) == "reference"
     backends._warn_fallback_once.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "archs, capability, runs",
+    [
+        ("80-real,90-real,120-real,80-virtual", 75, False),  # the default build on a T4
+        ("80-real,90-real,120-real,80-virtual", 86, True),  # sm_80 SASS on RTX 30
+        ("80-real,90-real,120-real,80-virtual", 100, True),  # B200: compute_80 PTX
+        ("80-real,90-real", 100, False),  # no PTX: sm_90 SASS does not run on 10.0
+        ("80-real,90-real", 89, True),
+        ("80;90", 120, True),  # plain entries carry PTX
+        ("90a-real", 90, True),
+        ("90a-real", 100, False),
+        ("86-real", 80, False),  # SASS for a newer minor does not run on an older one
+        ("75", 75, True),
+    ],
+)
+def test_archs_run_on(archs, capability, runs):
+    assert backends.archs_run_on(archs, capability) is runs

@@ -38,8 +38,9 @@ dim ``D <= 256`` works: the tile's head dim is ``D`` rounded up to a power of tw
 minimum), with the padding masked to zero (a no-op in the dot). Inputs may have any strides.
 
 On a GPU both kernels are autotuned over a few configurations keyed on ``(N, M, D)`` (and, by Triton, the
-dtypes); under ``TRITON_INTERPRET=1`` (CPU tests) each uses one small fixed configuration, because autotuning
-interpreted kernels would only burn time.
+dtypes), among those that fit the device's shared memory (``_TILES`` says how they were chosen); under
+``TRITON_INTERPRET=1`` (CPU tests) each uses one small fixed configuration, because autotuning interpreted kernels
+would only burn time.
 """
 
 from __future__ import annotations
@@ -63,48 +64,118 @@ INTERPRETED: bool = (
 )
 
 
-# GPU tile candidates, (BLOCK_M, BLOCK_N, num_warps, num_stages), per kernel and operand kind; timing on the device
-# picks among them. All were compiled for sm_90 with Triton 3.9 at D = 40, 64, 128 and 256 (not run): each fits an
-# H100 block's shared memory (227 KiB), and ptxas reports no register spills for fp16/bf16 at any D (except
-# (128, 64, 4, 3) at D = 128, which timing will pass over) nor for fp32 at D <= 64. fp32 at D >= 128 spills
-# somewhat: it is the exact path, not the fast one.
+# GPU tile candidates, (BLOCK_M, BLOCK_N, num_warps, num_stages), per kernel and tile class; timing on the device
+# picks among those whose shared memory fits it (see _autotune). Chosen from the compile matrix
+# (benchmarks/triton_compile_matrix.py, table in benchmarks/results/triton_compile_matrix.json: Triton 3.9, sm_75,
+# sm_80, sm_89, sm_90, sm_120, B=2, H=10, N=M=4096): every tile of the "mma" classes is free of register spills at
+# D = 40, 64, 80 and 128 on every target, and every (kernel, dtype, D, target) keeps at least one tile that fits.
+# What the table showed and these lists avoid: (128, 64, 4, 3) and (64, 64, 4, 3) spill at D = 80/128 on sm_80/89,
+# 128 x 128 tiles spill at D >= 80 except on sm_90, and no 16-bit
+# tile of the Ampere lists compiles without spills for sm_75. fp32 at D > 128 spills ~4-20 KB in 32 x 32 and
+# larger tiles and needs more than 99 KiB in most of them; the fp32 lists are exact paths, not fast ones.
 _TILES = {
-    # Pass 1, fp16/bf16 tensor cores, D <= 128: a tall query tile reuses each K/V tile over many rows; 3 stages
-    # pipeline the K/V loads.
-    ("fwd", "tc"): [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
-    # Pass 2, fp16/bf16, D <= 128: the [BLOCK_M, BLOCK_N] fp32 head sum stays in registers over the head loop.
-    ("map", "tc"): [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3)],
-    # D = 256: larger tiles overflow shared memory or spill.
-    ("fwd", "tc_wide"): [(64, 64, 8, 2), (64, 32, 4, 2)],
-    ("map", "tc_wide"): [(64, 64, 8, 2), (64, 32, 4, 2)],
-    # fp32 with IEEE dots runs on the FMA units, where the dot operands live in registers: small tiles only.
-    ("fwd", "fp32"): [(64, 32, 8, 2), (32, 32, 4, 2), (16, 64, 4, 2)],
-    ("map", "fp32"): [(64, 32, 8, 2), (32, 32, 4, 2), (64, 16, 4, 2)],
+    # Pass 1, 16-bit tensor-core dots (sm_80+), D <= 128: 8 warps over a tall query tile, 3 stages of K/V loads.
+    ("fwd", "mma"): [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 8, 3)],
+    # Pass 2, same: the [BLOCK_M, BLOCK_N] fp32 head sum stays in registers over the head loop.
+    ("map", "mma"): [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2)],
+    # D in 129..256: two stages at most; (32, 64, 4, 2) and (64, 32, 4, 1) fit a 99 KiB block.
+    ("fwd", "mma_wide"): [(64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 1)],
+    ("map", "mma_wide"): [(64, 64, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2)],
+    # fp32 IEEE dots (FMA units, operands in registers), and 16-bit dots on sm_75: small tiles.
+    ("fwd", "small"): [(64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 2)],
+    ("map", "small"): [(64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 2)],
+    ("fwd", "small_wide"): [(32, 16, 4, 2), (16, 32, 4, 2), (16, 16, 4, 1)],
+    ("map", "small_wide"): [(32, 16, 4, 2), (16, 16, 4, 2), (32, 16, 4, 1)],
 }
-_CONFIGS = {
-    key: [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in tiles]
-    for key, tiles in _TILES.items()
+
+# Shared memory per block a kernel may use (the opt-in maximum, bytes) by compute capability, from the CUDA C++
+# Programming Guide's table of technical specifications. The compile-matrix check uses it; on a GPU the pruning
+# reads the device's own figure.
+SHARED_MEMORY_PER_BLOCK = {
+    75: 64 * 1024,  # T4, RTX 20
+    80: 163 * 1024,  # A100
+    86: 99 * 1024,  # RTX 30, A10, A40
+    89: 99 * 1024,  # RTX 40, L4, L40
+    90: 227 * 1024,  # H100, H200
+    120: 99 * 1024,  # RTX 50
 }
 
 
-def _tile_kind(block_d: int, dot_precision: str) -> str:
-    if dot_precision == "ieee":
-        return "fp32"
-    return "tc" if block_d <= 128 else "tc_wide"
+def block_d(head_dim: int) -> int:
+    """The tile's head dim: ``head_dim`` rounded up to a power of two, at least 16 (tl.arange and tensor cores)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _mma(dtype: torch.dtype, capability: int) -> bool:
+    """Whether the dots run as 16-bit tensor-core MMAs with the Ampere-and-later tiles (``capability``: 80, 90...)."""
+    return dtype != torch.float32 and capability >= 80
+
+
+def tile_class(dtype: torch.dtype, tile_d: int, capability: int) -> str:
+    """Which tile list serves ``dtype`` at tile head dim ``tile_d`` (a ``block_d``) on compute capability
+    ``capability`` (major * 10 + minor)."""
+    return ("mma" if _mma(dtype, capability) else "small") + ("_wide" if tile_d > 128 else "")
+
+
+def tile_candidates(kernel: str, dtype: torch.dtype, tile_d: int, capability: int) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates of ``kernel`` ("fwd" or "map") for one call."""
+    return _TILES[(kernel, tile_class(dtype, tile_d, capability))]
+
+
+def shared_memory_estimate(kernel: str, tile: tuple[int, int, int, int], tile_d: int, dtype: torch.dtype) -> int:
+    """An upper bound of the shared memory (bytes) Triton gives ``kernel`` with ``tile``::
+
+        fwd:  num_stages * 2 * BLOCK_N * tile_d * e  +  BLOCK_M * tile_d * e  +  1 KiB
+        map:  num_stages * (BLOCK_M + BLOCK_N) * tile_d * e                   +  1 KiB
+
+    ``e`` the element size: the pipelined operand tiles (K and V in pass 1, q and k in pass 2), pass 1's query tile
+    (staged in shared memory for wgmma on sm_90, and by single-stage and FMA kernels elsewhere) and scratch for
+    reductions and layout conversions. Exact on sm_90; the compile-matrix test checks it against Triton's figure
+    for every compiled config and target.
+    """
+    block_m, block_n, _, stages = tile
+    e = dtype.itemsize
+    if kernel == "map":
+        return stages * (block_m + block_n) * tile_d * e + 1024
+    return stages * 2 * block_n * tile_d * e + block_m * tile_d * e + 1024
+
+
+def _device_shared_memory() -> int:
+    """The current CUDA device's opt-in shared memory per block (bytes), as Triton checks it at launch."""
+    device = torch.cuda.current_device()
+    return triton.runtime.driver.active.utils.get_device_properties(device)["max_shared_mem"]
 
 
 def _autotune(kernel: str):
     """``triton.autotune`` over ``kernel``'s tiles, keyed on (N, M, D) (Triton adds the argument dtypes); the
-    candidate list is narrowed to the dtype and head dim of the call. Under TRITON_INTERPRET=1: one fixed small
-    tile (32 x 32, so the CPU tests' N, M of 30..200 cross several tiles and tails), no tuning."""
+    candidates are narrowed to the call's tile class on the current device and to those whose shared memory
+    (``shared_memory_estimate``) fits that device's opt-in maximum per block. Under TRITON_INTERPRET=1: one fixed
+    small tile (32 x 32, so the CPU tests' N, M of 30..200 cross several tiles and tails), no tuning."""
     if INTERPRETED:
         return triton.autotune(configs=[triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})], key=[])
 
     def prune(configs, named_args, **kwargs):
-        return _CONFIGS[(kernel, _tile_kind(kwargs["BLOCK_D"], kwargs["DOT_PRECISION"]))]
+        dtype, tile_d = named_args["Q"].dtype, kwargs["BLOCK_D"]
+        major, minor = torch.cuda.get_device_capability()
+        capability = 10 * major + minor
+        limit = _device_shared_memory()
+        tiles = tile_candidates(kernel, dtype, tile_d, capability)
+        fitting = [t for t in tiles if shared_memory_estimate(kernel, t, tile_d, dtype) <= limit]
+        if not fitting:
+            raise RuntimeError(
+                f"no Triton attention tile for {dtype} at head dim {kwargs['HEAD_DIM']} fits this GPU's "
+                f"{limit // 1024} KiB of shared memory per block (use backend='reference')"
+            )
+        return [_config(t) for t in fitting]
 
-    configs = [c for (name, _), group in _CONFIGS.items() if name == kernel for c in group]
+    tiles = dict.fromkeys(t for (name, _), group in _TILES.items() if name == kernel for t in group)  # unique, ordered
+    configs = [_config(t) for t in tiles]
     return triton.autotune(configs=configs, key=["N", "M", "HEAD_DIM"], prune_configs_by={"early_config_prune": prune})
+
+
+def _config(tile: tuple[int, int, int, int]) -> triton.Config:
+    block_m, block_n, num_warps, num_stages = tile
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
 
 
 @triton.jit
@@ -133,6 +204,7 @@ def _attn_fwd_kernel(
     WRITE_LSE: tl.constexpr,  # store the per-row LSE for the map pass; False for plain attention
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32); ignored by 16-bit dots
     UPCAST_BF16: tl.constexpr,  # interpreter + bf16 only: see _dot
+    ROW_ALIGN: tl.constexpr,  # a power of two dividing every stride but the head dim's: see row_align_of_strides
     BLOCK_M: tl.constexpr,  # query rows per program: each K/V tile load is reused by this many rows
     BLOCK_N: tl.constexpr,  # keys per inner-loop step: width of the [BLOCK_M, BLOCK_N] logits tile
 ):
@@ -150,10 +222,14 @@ def _attn_fwd_kernel(
     row_ok = offs_m < N
     d_ok = offs_d < HEAD_DIM
 
-    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd
+    q_rows = tl.multiple_of(off_b * stride_qb + off_h * stride_qh + offs_m * stride_qn, ROW_ALIGN)  # [BLOCK_M]
+    k_rows = tl.multiple_of(off_b * stride_kb + off_h * stride_kh + offs_n * stride_kn, ROW_ALIGN)  # [BLOCK_N]
+    v_rows = tl.multiple_of(off_b * stride_vb + off_h * stride_vh + offs_n * stride_vn, ROW_ALIGN)  # [BLOCK_N]
+    o_rows = tl.multiple_of(off_b * stride_ob + off_h * stride_oh + offs_m * stride_on, ROW_ALIGN)  # [BLOCK_M]
+    q_ptrs = Q + q_rows[:, None] + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
-    k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    k_ptrs = K + k_rows[:, None] + offs_d[None, :] * stride_kd
+    v_ptrs = V + v_rows[:, None] + offs_d[None, :] * stride_vd
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running row max of the base-2 logits
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s - m_i)
@@ -176,9 +252,7 @@ def _attn_fwd_kernel(
         v_ptrs += BLOCK_N * stride_vn
 
     out = acc / l_i[:, None]  # [BLOCK_M, BLOCK_D]
-    o_ptrs = (
-        Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
-    )
+    o_ptrs = Out + o_rows[:, None] + offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     if WRITE_LSE:
         lse_ptrs = Lse + bh.to(tl.int64) * N + offs_m  # lse is contiguous [B, H, N]
@@ -199,6 +273,7 @@ def _attn_map_kernel(
     BLOCK_D: tl.constexpr,  # D rounded up to a power of two >= 16 (tl.arange and tensor-core minimum)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32); ignored by 16-bit dots
     UPCAST_BF16: tl.constexpr,  # interpreter + bf16 only: see _dot
+    ROW_ALIGN: tl.constexpr,  # divides every stride of q and k but the head dim's: see row_align_of_strides
     BLOCK_M: tl.constexpr,  # query rows of the map tile this program owns
     BLOCK_N: tl.constexpr,  # key columns of the map tile this program owns
 ):
@@ -220,21 +295,25 @@ def _attn_map_kernel(
 
     # Out-of-range rows/keys load zeros: their (finite) p is never stored, and real entries never mix with them
     # (the only reduction here is over heads), so no -inf masking is needed in this pass.
-    q_ptrs = Q + off_b * stride_qb + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd
-    k_ptrs = K + off_b * stride_kb + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    lse_ptrs = Lse + off_b * H * N + offs_m
+    q_rows = offs_m * stride_qn  # [BLOCK_M] int64 row offsets within a head
+    k_rows = offs_n * stride_kn  # [BLOCK_N]
+    q_head = off_b * stride_qb  # int64 offset of head h of batch b, advanced by one head per step
+    k_head = off_b * stride_kb
+    lse_ptrs = Lse + off_b * H * N + offs_m  # [BLOCK_M] (lse is contiguous [B, H, N])
     q_mask = row_ok[:, None] & d_ok[None, :]
     k_mask = key_ok[:, None] & d_ok[None, :]
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # sum over heads of P_h on this tile
     for _ in range(0, H):
+        q_ptrs = Q + tl.multiple_of(q_head + q_rows, ROW_ALIGN)[:, None] + offs_d[None, :] * stride_qd
+        k_ptrs = K + tl.multiple_of(k_head + k_rows, ROW_ALIGN)[:, None] + offs_d[None, :] * stride_kd
         q = tl.load(q_ptrs, mask=q_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
         k = tl.load(k_ptrs, mask=k_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
         lse2 = tl.load(lse_ptrs, mask=row_ok, other=0.0)  # [BLOCK_M]
         s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST_BF16) * qk_scale  # [BLOCK_M, BLOCK_N]
         acc += tl.math.exp2(s - lse2[:, None])
-        q_ptrs += stride_qh
-        k_ptrs += stride_kh
+        q_head += stride_qh
+        k_head += stride_kh
         lse_ptrs += N
 
     a_ptrs = Amap + off_b * stride_ab + offs_m[:, None] * stride_an + offs_n[None, :] * stride_am
@@ -246,14 +325,14 @@ def _attn_map_kernel(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _block_d(q: torch.Tensor) -> int:
+def _checked_block_d(q: torch.Tensor) -> int:
     head_dim = q.shape[-1]
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(
             f"q has head dim D={head_dim}; the Triton attention kernel supports D <= {MAX_HEAD_DIM} "
             "(use backend='reference' for larger heads)"
         )
-    return max(16, triton.next_power_of_2(head_dim))
+    return block_d(head_dim)
 
 
 def _output(
@@ -282,8 +361,24 @@ def _output(
     return given
 
 
-def _dot_args(dtype: torch.dtype) -> dict:
-    upcast = INTERPRETED and dtype == torch.bfloat16
+def row_align_of_strides(*strides: tuple[int, ...]) -> int:
+    """The largest power of two up to 16 that divides every stride in ``strides`` except each tuple's last (the head
+    dim's), in elements.
+
+    The kernels declare their row offsets multiples of it (``ROW_ALIGN``), so that with 16-byte-aligned rows (D = 40
+    in fp16: 80-byte rows) Triton emits vector and asynchronous loads. Triton's own launcher only marks strides that
+    are multiples of 16, and without the declaration such a kernel runs unvectorised and spills registers.
+    """
+    align = 16
+    for tensor_strides in strides:
+        for stride in tensor_strides[:-1]:
+            align = math.gcd(align, stride)
+    return align
+
+
+def dot_args(dtype: torch.dtype, interpreted: bool = INTERPRETED) -> dict:
+    """The ``DOT_PRECISION`` and ``UPCAST_BF16`` constexprs for inputs of ``dtype``."""
+    upcast = interpreted and dtype == torch.bfloat16
     return {"DOT_PRECISION": "ieee" if dtype == torch.float32 or upcast else "tf32", "UPCAST_BF16": upcast}
 
 
@@ -295,7 +390,7 @@ def _device_ctx(t: torch.Tensor):
 def _forward(q, k, v, scale: float, out, write_lse: bool):
     batch, heads, n_q, head_dim = q.shape
     n_k = k.shape[2]
-    block_d = _block_d(q)
+    tile_d = _checked_block_d(q)
     out = _output("out", out, q.shape, q.dtype, (q, k, v), like_q=True)  # [B, H, N, D]
     # lse [B, H, N] fp32, base 2. Plain attention passes a never-written 1-element fp32 placeholder: the same
     # argument dtypes, so both calls share one autotuning result and `out` is bitwise the same with or without map.
@@ -313,9 +408,10 @@ def _forward(q, k, v, scale: float, out, write_lse: bool):
             heads, n_q, n_k,
             scale * LOG2E,
             HEAD_DIM=head_dim,
-            BLOCK_D=block_d,
+            BLOCK_D=tile_d,
             WRITE_LSE=write_lse,
-            **_dot_args(q.dtype),
+            ROW_ALIGN=row_align_of_strides(q.stride(), k.stride(), v.stride(), out.stride()),
+            **dot_args(q.dtype),
         )
     return out, lse
 
@@ -356,8 +452,9 @@ def attention_with_map_triton(
             scale * LOG2E,
             1.0 / heads,
             HEAD_DIM=head_dim,
-            BLOCK_D=_block_d(q),
-            **_dot_args(q.dtype),
+            BLOCK_D=_checked_block_d(q),
+            ROW_ALIGN=row_align_of_strides(q.stride(), k.stride()),
+            **dot_args(q.dtype),
         )
     return out, amap
 
