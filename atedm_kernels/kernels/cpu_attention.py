@@ -42,7 +42,8 @@ def attention_with_map_cpu(
     out = torch.empty_like(q)  # [B, H, N, D]
     amap = torch.empty(batch, n_q, n_k, dtype=map_dtype, device=q.device)  # [B, N, M]
     logits = torch.empty(heads, rows, n_k, dtype=torch.float32, device=q.device)  # [H, R, M]
-    head_sum = torch.empty(rows, n_k, dtype=torch.float32, device=q.device)  # [R, M]
+    # a float32 map takes the head sum in place; a 16-bit one is summed in float32 first, then rounded once
+    head_sum = None if map_dtype == torch.float32 else torch.empty(rows, n_k, dtype=torch.float32, device=q.device)
     for b in range(batch):
         keys_t = k[b].float().transpose(1, 2)  # [H, D, M]
         values = v[b].float()  # [H, M, D]
@@ -52,6 +53,8 @@ def attention_with_map_cpu(
             torch.baddbmm(block, q[b, :, start:stop].float(), keys_t, beta=0.0, alpha=scale, out=block)
             probs = torch.softmax(block, dim=-1)  # [H, R, M]
             out[b, :, start:stop] = torch.bmm(probs, values)  # [H, R, D], cast to q's dtype
-            row_sum = torch.sum(probs, dim=0, out=head_sum[: stop - start])  # [R, M]
-            amap[b, start:stop] = row_sum.mul_(1.0 / heads)
+            if head_sum is None:
+                torch.sum(probs, dim=0, out=amap[b, start:stop]).mul_(1.0 / heads)  # [R, M]
+            else:
+                amap[b, start:stop] = torch.sum(probs, dim=0, out=head_sum[: stop - start]).mul_(1.0 / heads)
     return out, amap

@@ -55,13 +55,20 @@ class PruningAttnProcessor:
         k = split_heads(attn.to_k(hidden_states))
         v = split_heads(attn.to_v(hidden_states))
         backend = preference_for("attention_with_map", self.block.config.backend)
-        out, amap = ops.attention_with_map(q, k, v, attn.scale, backend=backend)
+        out, amap = ops.attention_with_map(q, k, v, attn.scale, map_dtype=map_dtype_for(q.device), backend=backend)
         self.block.capture_map(amap)  # [B, N, N]
         out = out.transpose(1, 2).reshape(batch, tokens, -1)  # [B, N, H*D]
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
+
+
+def map_dtype_for(device: torch.device) -> torch.dtype | None:
+    """The map's dtype in the pruning layer: the op's default (float16, half the bytes of the map's traffic) on
+    CUDA; float32 elsewhere, where the CPU kernels would otherwise convert the map on every read (a CPU has no fast
+    half-precision GEMV: G-WPR's ten passes over a float16 map ran slower than over a float32 one)."""
+    return None if device.type == "cuda" else torch.float32
 
 
 def check_prunable(transformer: nn.Module, name: str) -> None:
