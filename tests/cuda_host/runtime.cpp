@@ -75,7 +75,6 @@ struct Thread {
   ThreadIndex index;
   int linear = 0;  // x + y*Bx + z*Bx*By: warp linear/32, lane linear%32
   State state = State::kReady;
-  Site site{nullptr, 0};  // where it waits
 };
 
 struct Warp {
@@ -100,8 +99,7 @@ struct SharedMemory {
 
 struct Launch {
   const char* kernel;
-  dim3 grid, block;
-  size_t dynamic_shared;
+  dim3 grid;
   void (*body)(void*);
   void* closure;
   unsigned threads;
@@ -441,8 +439,6 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t dynamic_shared, 
   Launch l;
   l.kernel = kernel;
   l.grid = grid;
-  l.block = block;
-  l.dynamic_shared = dynamic_shared;
   l.body = body;
   l.closure = closure;
   l.threads = block.x * block.y * block.z;
@@ -511,7 +507,6 @@ void sync_threads(Site site) {
   }
   const unsigned generation = l.barrier_generation;
   tsan_release(&l.barrier_sync[generation & 1]);
-  self.site = site;
   if (++l.at_barrier == l.live) {
     release_barrier();
   } else {
@@ -610,7 +605,6 @@ uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, int arg, int wi
     }
   } else {
     self.state = State::kWarp;
-    self.site = site;
     run_next(self);
   }
   if (op == WarpOp::kSyncWarp) tsan_acquire(&l.warp_sync);
