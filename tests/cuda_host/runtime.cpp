@@ -336,6 +336,20 @@ void fiber_main(int linear) {
   }
 }
 
+// A fiber that starts in fiber_main(linear) on the stack of slot `linear`.
+void make_fiber(Fiber& fiber, unsigned linear) {
+  fiber.stack = stack_at(linear);
+  fiber.stack_bytes = kStackBytes;
+  getcontext(&fiber.context);
+  fiber.context.uc_stack.ss_sp = fiber.stack;
+  fiber.context.uc_stack.ss_size = fiber.stack_bytes;
+  fiber.context.uc_link = nullptr;  // fiber_main never returns
+  makecontext(&fiber.context, reinterpret_cast<void (*)()>(fiber_main), 1, static_cast<int>(linear));
+#if defined(CUDA_HOST_TSAN)
+  fiber.tsan = __tsan_create_fiber(0);
+#endif
+}
+
 // ---- Shared memory ----------------------------------------------------------------------------------------------
 
 struct TlsSearch {
@@ -457,17 +471,7 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t dynamic_shared, 
     thread.index.block_dim = block;
     thread.index.grid_dim = grid;
     l.warps[t / kWarpSize].present |= 1u << (t % kWarpSize);
-    Fiber& fiber = thread.fiber;
-    fiber.stack = stack_at(t);
-    fiber.stack_bytes = kStackBytes;
-    getcontext(&fiber.context);
-    fiber.context.uc_stack.ss_sp = fiber.stack;
-    fiber.context.uc_stack.ss_size = fiber.stack_bytes;
-    fiber.context.uc_link = nullptr;  // fiber_main never returns
-    makecontext(&fiber.context, reinterpret_cast<void (*)()>(fiber_main), 1, static_cast<int>(t));
-#if defined(CUDA_HOST_TSAN)
-    fiber.tsan = __tsan_create_fiber(0);
-#endif
+    make_fiber(thread.fiber, t);
   }
 #if defined(CUDA_HOST_TSAN)
   l.main.tsan = __tsan_get_current_fiber();
