@@ -109,10 +109,14 @@ def target(request):
     return Target("cpu", HostKernels(request.getfixturevalue("host_extension")))
 
 
+def _case_id(target: str, case: tuple) -> str:
+    return "-".join([target, *(str(v).removeprefix("torch.") for v in case)])
+
+
 def _on_targets(emulated: list[tuple], on_gpu: list[tuple]) -> list:
     """Parameters (target first, indirect) of the emulated cases and the GPU cases."""
-    return [pytest.param("emulated", *case) for case in emulated] + [
-        pytest.param("gpu", *case, marks=(gpu, needs_gpu)) for case in on_gpu
+    return [pytest.param("emulated", *case, id=_case_id("emulated", case)) for case in emulated] + [
+        pytest.param("gpu", *case, marks=(gpu, needs_gpu), id=_case_id("gpu", case)) for case in on_gpu
     ]
 
 

@@ -4,8 +4,9 @@
 //
 // Sanitizer builds (tests/cuda_host/build.py) define CUDA_HOST_ASAN or CUDA_HOST_TSAN: every fiber switch is
 // announced to the sanitizer (__sanitizer_start/finish_switch_fiber, __tsan_switch_to_fiber without implied
-// synchronisation), __syncthreads() and __syncwarp() are release/acquire points for ThreadSanitizer, and a block's
-// shared memory is new memory to it, so a missing barrier between two threads of a block is reported as a race.
+// synchronisation), __syncthreads() and __syncwarp() are release/acquire points for ThreadSanitizer, and so are a
+// block's end and the next one's start (blocks run in order, and the launcher poisons shared memory between them),
+// so a missing barrier between two threads of a block is reported as a race.
 // Under ThreadSanitizer this file itself is compiled uninstrumented: its bookkeeping is not kernel memory.
 #include <link.h>
 #include <sys/mman.h>
@@ -16,7 +17,6 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -31,7 +31,6 @@
 #endif
 #if defined(CUDA_HOST_TSAN)
 #include <sanitizer/tsan_interface.h>
-extern "C" void AnnotateNewMemory(const char* file, int line, const volatile void* memory, size_t size);
 #endif
 
 // The kernels' `extern __shared__` arrays are aliases of this buffer (defined by the generated TU, see build.py).
@@ -48,8 +47,11 @@ constexpr int kWarpSize = 32;
 constexpr unsigned kMaxThreads = 1024;
 constexpr unsigned char kSharedPoison = 0xff;  // NaN as a float, 0xffffffff as an integer: never a plausible value
 constexpr unsigned char kCanary = 0xa5;        // fills the dynamic buffer past the launch's size
+// Fiber stacks: kernels use little stack, sanitizer frames several times more. AddressSanitizer clears a target
+// stack's shadow on every swapcontext, with system calls once the shadow exceeds 64 KiB (a 512 KiB stack): 256 KiB
+// keeps the switch a memset.
 #if defined(CUDA_HOST_ASAN) || defined(CUDA_HOST_TSAN)
-constexpr size_t kStackBytes = size_t{1} << 20;  // sanitizer frames are several times larger
+constexpr size_t kStackBytes = size_t{256} << 10;
 #else
 constexpr size_t kStackBytes = size_t{128} << 10;
 #endif
@@ -73,7 +75,6 @@ struct Thread {
   ThreadIndex index;
   int linear = 0;  // x + y*Bx + z*Bx*By: warp linear/32, lane linear%32
   State state = State::kReady;
-  Site site{nullptr, 0};  // where it waits
 };
 
 struct Warp {
@@ -98,14 +99,17 @@ struct SharedMemory {
 
 struct Launch {
   const char* kernel;
-  dim3 grid, block;
-  size_t dynamic_shared;
+  dim3 grid;
   void (*body)(void*);
   void* closure;
   unsigned threads;
   std::unique_ptr<Thread[]> thread;
   std::vector<Warp> warps;
-  std::deque<int> ready;
+  // Threads ready to run, a ring of `threads` slots allocated before any fiber runs: the scheduler allocates no
+  // memory while fibers run (ThreadSanitizer would see the allocator's bookkeeping race between fibers).
+  std::vector<int> ready;
+  size_t ready_head = 0;
+  size_t ready_count = 0;
   bool shuffle = false;
   std::mt19937_64 rng;
   unsigned live = 0;
@@ -114,7 +118,8 @@ struct Launch {
   unsigned barrier_generation = 0;
   char barrier_sync[2] = {};  // ThreadSanitizer sync objects of alternate barrier generations
   char warp_sync = 0;         // ... of __syncwarp()
-  char exit_sync = 0;         // ... of the threads' exits (the launcher acquires it: launches are ordered)
+  char exit_sync = 0;         // ... of the threads' exits, acquired by the launcher after every block
+  char start_sync = 0;        // ... of the launcher's poisoning, acquired by the threads when a block starts
   Fiber main;
   Thread* running = nullptr;
   Fiber* switch_from = nullptr;
@@ -237,15 +242,22 @@ void resume(Fiber& from, Thread& next) {
   switch_fiber(from, next.fiber);
 }
 
+void push_ready(Thread& thread) {
+  Launch& l = *launch;
+  thread.state = State::kReady;
+  l.ready[(l.ready_head + l.ready_count++) % l.threads] = thread.linear;
+}
+
+// The first ready thread, or a random one when shuffling.
 Thread& pop_ready() {
   Launch& l = *launch;
-  size_t pick = 0;
   if (l.shuffle) {
-    pick = std::uniform_int_distribution<size_t>(0, l.ready.size() - 1)(l.rng);
-    std::swap(l.ready[pick], l.ready.front());
+    const size_t pick = std::uniform_int_distribution<size_t>(0, l.ready_count - 1)(l.rng);
+    std::swap(l.ready[(l.ready_head + pick) % l.threads], l.ready[l.ready_head]);
   }
-  Thread& next = l.thread[l.ready.front()];
-  l.ready.pop_front();
+  Thread& next = l.thread[l.ready[l.ready_head]];
+  l.ready_head = (l.ready_head + 1) % l.threads;
+  --l.ready_count;
   return next;
 }
 
@@ -278,7 +290,7 @@ std::string lanes(unsigned mask) { return format("0x%08x", mask); }
 // `self` waits or has exited: run the next ready thread, or return to the launcher once every thread has exited.
 void run_next(Thread& self) {
   Launch& l = *launch;
-  if (!l.ready.empty()) {
+  if (l.ready_count > 0) {
     resume(self.fiber, pop_ready());
   } else if (l.live == 0) {
     l.running = nullptr;
@@ -292,10 +304,7 @@ void run_next(Thread& self) {
 void release_barrier() {
   Launch& l = *launch;
   for (unsigned t = 0; t < l.threads; ++t) {
-    if (l.thread[t].state == State::kBarrier) {
-      l.thread[t].state = State::kReady;
-      l.ready.push_back(static_cast<int>(t));
-    }
+    if (l.thread[t].state == State::kBarrier) push_ready(l.thread[t]);
   }
   l.at_barrier = 0;
   ++l.barrier_generation;
@@ -321,9 +330,24 @@ void fiber_main(int linear) {
   Thread& self = launch->thread[linear];
   landed(self.fiber);
   for (;;) {  // one iteration per block; exit_thread returns when the next block starts this thread
+    tsan_acquire(&launch->start_sync);
     launch->body(launch->closure);
     exit_thread(self);
   }
+}
+
+// A fiber that starts in fiber_main(linear) on the stack of slot `linear`.
+void make_fiber(Fiber& fiber, unsigned linear) {
+  fiber.stack = stack_at(linear);
+  fiber.stack_bytes = kStackBytes;
+  getcontext(&fiber.context);
+  fiber.context.uc_stack.ss_sp = fiber.stack;
+  fiber.context.uc_stack.ss_size = fiber.stack_bytes;
+  fiber.context.uc_link = nullptr;  // fiber_main never returns
+  makecontext(&fiber.context, reinterpret_cast<void (*)()>(fiber_main), 1, static_cast<int>(linear));
+#if defined(CUDA_HOST_TSAN)
+  fiber.tsan = __tsan_create_fiber(0);
+#endif
 }
 
 // ---- Shared memory ----------------------------------------------------------------------------------------------
@@ -359,9 +383,6 @@ void poison_shared(const SharedMemory& memory, size_t dynamic_bytes) {
   const size_t tail_bytes = kMaxDynamicShared - dynamic_bytes;
 #if defined(CUDA_HOST_ASAN)
   __asan_unpoison_memory_region(memory.block, memory.bytes);
-#endif
-#if defined(CUDA_HOST_TSAN)
-  AnnotateNewMemory(__FILE__, __LINE__, memory.block, memory.bytes);  // a new block's shared memory
 #endif
   memset(memory.block, kSharedPoison, memory.bytes);
   memset(tail, kCanary, tail_bytes);
@@ -410,8 +431,7 @@ void start_block(Launch& l, uint64_t linear_block) {
                     static_cast<unsigned>(linear_block / (uint64_t{l.grid.x} * l.grid.y))};
   for (unsigned t = 0; t < l.threads; ++t) {
     l.thread[t].index.block = block;
-    l.thread[t].state = State::kReady;
-    l.ready.push_back(static_cast<int>(t));
+    push_ready(l.thread[t]);
   }
   for (Warp& warp : l.warps) {
     warp.exited = 0;
@@ -433,13 +453,12 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t dynamic_shared, 
   Launch l;
   l.kernel = kernel;
   l.grid = grid;
-  l.block = block;
-  l.dynamic_shared = dynamic_shared;
   l.body = body;
   l.closure = closure;
   l.threads = block.x * block.y * block.z;
   l.thread = std::make_unique<Thread[]>(l.threads);
   l.warps.resize((l.threads + kWarpSize - 1) / kWarpSize);
+  l.ready.resize(l.threads);
   const uint64_t seed = shuffle_seed();
   l.shuffle = seed != 0;
   l.rng.seed(seed);
@@ -452,17 +471,7 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t dynamic_shared, 
     thread.index.block_dim = block;
     thread.index.grid_dim = grid;
     l.warps[t / kWarpSize].present |= 1u << (t % kWarpSize);
-    Fiber& fiber = thread.fiber;
-    fiber.stack = stack_at(t);
-    fiber.stack_bytes = kStackBytes;
-    getcontext(&fiber.context);
-    fiber.context.uc_stack.ss_sp = fiber.stack;
-    fiber.context.uc_stack.ss_size = fiber.stack_bytes;
-    fiber.context.uc_link = nullptr;  // fiber_main never returns
-    makecontext(&fiber.context, reinterpret_cast<void (*)()>(fiber_main), 1, static_cast<int>(t));
-#if defined(CUDA_HOST_TSAN)
-    fiber.tsan = __tsan_create_fiber(0);
-#endif
+    make_fiber(thread.fiber, t);
   }
 #if defined(CUDA_HOST_TSAN)
   l.main.tsan = __tsan_get_current_fiber();
@@ -479,10 +488,11 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t dynamic_shared, 
   for (uint64_t b = 0; b < blocks; ++b) {
     start_block(l, l.shuffle ? order[b] : b);
     poison_shared(memory, dynamic_shared);
+    tsan_release(&l.start_sync);
     resume(l.main, pop_ready());
+    tsan_acquire(&l.exit_sync);  // the launcher (not the next block) is ordered after the block's threads
     check_dynamic_tail(dynamic_shared);
   }
-  tsan_acquire(&l.exit_sync);
 #if defined(CUDA_HOST_TSAN)
   for (unsigned t = 0; t < l.threads; ++t) __tsan_destroy_fiber(l.thread[t].fiber.tsan);
 #endif
@@ -501,7 +511,6 @@ void sync_threads(Site site) {
   }
   const unsigned generation = l.barrier_generation;
   tsan_release(&l.barrier_sync[generation & 1]);
-  self.site = site;
   if (++l.at_barrier == l.live) {
     release_barrier();
   } else {
@@ -596,14 +605,10 @@ uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, int arg, int wi
     warp.pending = false;
     for (int other = 0; other < kWarpSize; ++other) {
       Thread& peer = l.thread[warp_index * kWarpSize + other];
-      if ((warp.mask >> other & 1u) && other != lane) {
-        peer.state = State::kReady;
-        l.ready.push_back(peer.linear);
-      }
+      if ((warp.mask >> other & 1u) && other != lane) push_ready(peer);
     }
   } else {
     self.state = State::kWarp;
-    self.site = site;
     run_next(self);
   }
   if (op == WarpOp::kSyncWarp) tsan_acquire(&l.warp_sync);

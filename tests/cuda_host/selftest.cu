@@ -41,6 +41,7 @@ __global__ void warp_kernel(WarpResults* out) {
   r.xor_sum = sum;
   r.ballot = __ballot_sync(mask, lane % 3 == 0);
   r.match = __match_any_sync(mask, lane % 4);
+  __syncwarp(mask);
   out[t] = r;
 }
 
