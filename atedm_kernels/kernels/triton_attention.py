@@ -65,14 +65,15 @@ INTERPRETED: bool = (
 
 
 # GPU tile candidates, (BLOCK_M, BLOCK_N, num_warps, num_stages), per kernel and tile class; timing on the device
-# picks among those whose shared memory fits it (see _autotune). Chosen from the compile matrix
-# (benchmarks/triton_compile_matrix.py, table in benchmarks/results/triton_compile_matrix.json: Triton 3.9, sm_75,
-# sm_80, sm_89, sm_90, sm_120, B=2, H=10, N=M=4096): every tile of the "mma" classes is free of register spills at
-# D = 40, 64, 80 and 128 on every target, and every (kernel, dtype, D, target) keeps at least one tile that fits.
-# What the table showed and these lists avoid: (128, 64, 4, 3) and (64, 64, 4, 3) spill at D = 80/128 on sm_80/89,
-# 128 x 128 tiles spill at D >= 80 except on sm_90, and no 16-bit
-# tile of the Ampere lists compiles without spills for sm_75. fp32 at D > 128 spills ~4-20 KB in 32 x 32 and
-# larger tiles and needs more than 99 KiB in most of them; the fp32 lists are exact paths, not fast ones.
+# picks among those whose shared memory fits it (see _autotune). Chosen from compiles for sm_75, sm_80, sm_89, sm_90
+# and sm_120 with Triton 3.9 (benchmarks/triton_compile_matrix.py; table in
+# benchmarks/results/triton_compile_matrix.json, specialised as B=2, H=10, N=M=4096): no tile of the "mma" classes
+# spills registers at D = 40, 64, 80 or 128 on sm_80, sm_89, sm_90 or sm_120, and every (kernel, dtype, D, target)
+# keeps at least one tile that fits the target's shared memory. What the measurements showed and these lists avoid:
+# (128, 64, 4, 3) and (64, 64, 4, 3) spill at D = 80/128 on sm_80/89, 128 x 128 tiles spill at D >= 80 except on
+# sm_90; no 16-bit tile compiles without spills for sm_75, where the small tiles below spill least; fp32 at
+# D > 128 spilled 4-20 KB in 32 x 32 and larger tiles and most of them need more than 99 KiB (the fp32 lists are
+# the exact path, not the fast one; theirs spill at most ~1 KB).
 _TILES = {
     # Pass 1, 16-bit tensor-core dots (sm_80+), D <= 128: 8 warps over a tall query tile, 3 stages of K/V loads.
     ("fwd", "mma"): [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 8, 3)],
