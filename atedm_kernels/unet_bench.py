@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import ctypes
 import json
+import os
 import platform
 import statistics
 import sys
@@ -298,6 +299,7 @@ def check_phase(name: str, handle) -> None:
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
+    load_before = os.getloadavg()  # other work on the machine: every variant shares it (interleaved rounds)
     log(f"building SD-XL's U-Net ({args.scale}, random weights, {args.dtype}) on {device} ...")
     unet = build_sdxl_unet(args.scale, device=device, dtype=dtype, seed=args.seed)
     inputs = unet_inputs(unet, args.batch, args.height, args.width, seed=args.seed + 1)  # random, never zeros
@@ -341,6 +343,7 @@ def run(args: argparse.Namespace) -> dict:
             "dtype": args.dtype, "warmup": args.warmup, "reps": args.reps, "atedm_backend": args.backend,
             "resolved_backends": backends, "tomesd": TOMESD_ARGS, "seed": args.seed,
         },
+        "load_average": {"before": load_before, "after": os.getloadavg()},
         "macs_note": "multiply-accumulates per U-Net call (atedm_kernels.flops), batch included",
         "rows": rows,
     }
