@@ -333,7 +333,7 @@ def _controlnet(pipe):
 def _pag(pipe):
     from diffusers import StableDiffusionXLPAGPipeline
 
-    other = StableDiffusionXLPAGPipeline(**pipe.components, pag_applied_layers=["mid", "down.block_1"])
+    other = StableDiffusionXLPAGPipeline(**pipe.components, pag_applied_layers=["mid", "down_blocks.1"])
     other.set_progress_bar_config(disable=True)
     return lambda p: generate(other, pag_scale=3.0)
 

@@ -11,7 +11,9 @@ Inside the block's first ``BasicTransformerBlock``:
    ``recover_tokens`` restores N tokens, before the residual add and the reshape to [B, C, H, W].
 
 Each batch element (both classifier-free-guidance halves included) gets its own mask. When the block is not
-``active`` (DSAP's prune-less steps), every piece defers to diffusers' own code, so the block is exactly dense.
+``active`` (DSAP's prune-less steps), every piece defers to diffusers' own code and the user's processor, so the
+block is exactly dense. The pruning processor sits in front of the user's processor only during a pruning call
+(:mod:`.processors`); the block's hooks live until ``remove()``.
 """
 
 from __future__ import annotations

@@ -273,7 +273,7 @@ class SiToHandle(PruningHandle):
         sample = call_argument(args, kwargs, "sample", 0)  # [B, C, H, W]
         batch, tokens = sample.shape[0], sample.shape[-2] * sample.shape[-1]  # no level has more tokens
         generator = None
-        if cfg.seed is not None:
+        if cfg.seed is not None and sample.device.type != "meta":  # meta (MACs counting) has no generator
             generator = torch.Generator(device=sample.device).manual_seed(position.seed(cfg.seed))
         self._noise = torch.randn(len(self.units), batch, tokens, generator=generator, device=sample.device)
 
