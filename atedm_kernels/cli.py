@@ -31,13 +31,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace, steps: int | None = None):
     from .sdxl import AtEdmConfig
 
-    prune_less = args.prune_less_steps
-    if prune_less is None:
-        prune_less = round(0.3 * steps)  # the paper's 15 of 50 steps
-    return AtEdmConfig(
+    return AtEdmConfig(  # no --prune-less-steps: the config's prune_less_fraction (the paper's 15 of 50 steps)
         keep_ratio=args.keep_ratio,
         num_iters=args.num_iters,
-        prune_less_steps=prune_less,
+        prune_less_steps=args.prune_less_steps,
         prune_less_blocks=args.prune_less_blocks,
         skip_second_level=args.dagger,
         backend=args.backend,
@@ -96,7 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _config(args, args.steps)
     print(f"atedm demo: random-weight SD-XL-architecture U-Net ({scale}) on {device}, {size}x{size} px, batch 2 "
           f"(CFG), {args.steps} Euler steps, keep_ratio {config.keep_ratio}, prune-less steps "
-          f"{config.prune_less_steps}", flush=True)
+          f"{config.prune_less_count(args.steps)}", flush=True)
     result = run_demo(scale, args.steps, size, size, config, device, seed=args.seed)
     print(f"{'':12}{'MACs/step':>14}{'time':>12}{'speed-up':>10}")
     print(f"{'dense':12}{result.dense_macs / 1e9:>12.2f} G{result.dense_ms:>10.1f} ms{1.0:>9.2f}x")

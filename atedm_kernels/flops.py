@@ -21,12 +21,13 @@ forward hooks on every ``nn.Linear``, ``nn.Conv2d`` and ``Attention`` module; a 
 on a ``meta`` twin built from its config (or, ``on_meta=False``, with a real forward where it is: a small CPU
 model). Under an :class:`~atedm_kernels.sdxl.AtEdmConfig`, AT-EDM is applied with the reference backend (every op
 has a meta implementation), and each block's ``active`` flag is pinned to what the phase prescribes
-(``handle.prunes``), so the hooks see the token counts the pruning really produces: in a pruned block, ``proj_in``
+(``handle.pin_phase``), so the hooks see the token counts the pruning really produces: in a pruned block, ``proj_in``
 and the first layer (``attn1``, ``attn2``, ``ff``) run on ``N`` tokens, layers ``2..L`` and ``proj_out`` on
 ``K = config.kept_tokens(N)``.
 Schedule phases: ``"normal"`` (every block prunes, except the second level under AT-EDM-dagger),
 ``"prune_less"`` (DSAP's early steps: the prune-less blocks run dense) and ``"average"``:
-``(s * prune_less + (num_steps - s) * normal) / num_steps`` with ``s = min(prune_less_steps, num_steps)``.
+``(s * prune_less + (num_steps - s) * normal) / num_steps`` with ``s = config.prune_less_count(num_steps)`` (15 of
+50 with the default ``prune_less_fraction=0.3``).
 
 Reconciliation with the paper (SD-XL base, 1024x1024, ``B = 2``; ``python -m atedm_kernels.flops``):
 
@@ -260,18 +261,11 @@ def _count_phase(unet: nn.Module, height: int, width: int, batch: int, config, p
 
     method = apply if isinstance(config, AtEdmConfig) else apply_sito
     handle = method(unet, dataclasses.replace(config, backend="reference"))
-    pruning = {unit: handle.prunes(unit, phase) for unit in handle.units}
-
-    def force_phase(module, args, kwargs) -> None:  # runs after the handle's own schedule pre-hook
-        for unit, active in pruning.items():
-            unit.active = active
-
-    hook = unet.register_forward_pre_hook(force_phase, with_kwargs=True)
+    handle.pin_phase(phase)
     try:
         report = count_forward_macs(unet, height, width, batch, label)
         tokens = {u.name: u.last_tokens for u in handle.units if u.active and u.last_tokens is not None}
     finally:
-        hook.remove()
         handle.remove()
     return dataclasses.replace(report, tokens=tokens)
 
@@ -301,7 +295,7 @@ def count_unet_macs(
         height, width: image size in pixels (multiples of 8; the latent is ``height/8 x width/8``).
         batch: U-Net batch; 2 is one image with classifier-free guidance, how the paper counts.
         config: an ``AtEdmConfig`` or a ``SiToConfig``, or None for the dense U-Net.
-        phase: "normal", "prune_less" (DSAP's first ``prune_less_steps`` steps) or "average" (the mean step of a
+        phase: "normal", "prune_less" (DSAP's early steps) or "average" (the mean step of a
             ``num_steps`` run). Ignored for the dense U-Net.
         num_steps: denoising steps of the run "average" describes.
         on_meta: count on the meta device (default: no memory, no arithmetic; the way to count a full-size model).
@@ -339,7 +333,7 @@ def count_unet_macs(
         label += f", SiTo prune {config.prune_ratio}"
     if phase != "average":
         return _count_phase(unet, height, width, batch, config, phase, f"{label}, {phase} step")
-    early = min(config.prune_less_steps, num_steps)
+    early = config.prune_less_count(num_steps)
     parts = [(early / num_steps, _count_phase(unet, height, width, batch, config, "prune_less", ""))] if early else []
     if early < num_steps:
         parts.append(((num_steps - early) / num_steps, _count_phase(unet, height, width, batch, config, "normal", "")))

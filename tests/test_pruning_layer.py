@@ -44,6 +44,7 @@ def test_pruning_layer_matches_the_papers_steps(layers, keep_ratio):
     context = torch.randn(2, 6, 12, generator=gen)
     config = AtEdmConfig(keep_ratio=keep_ratio, backend="reference")
     pruner = BlockPruner(model, "block", level=2, stage="down", position="L", config=config)
+    pruner.attach()  # what the handle does before a pruning call
     try:
         with torch.no_grad():
             got = model(x, encoder_hidden_states=context).sample

@@ -1,8 +1,9 @@
 """``apply``: AT-EDM on a diffusers SD-XL pipeline or U-Net, with the DSAP schedule, undone by ``handle.remove()``.
 
-DSAP (denoising-steps-aware pruning): for steps ``< prune_less_steps`` the prune-less blocks (by default the first
-block of each down stage and the last block of each up stage) run dense; the mid block is always pruned. Step
-counting and the handle's life cycle are shared with the other methods (:mod:`.schedule`).
+DSAP (denoising-steps-aware pruning): during the prune-less phase (the first ``prune_less_fraction`` of the run, or
+the first ``prune_less_steps`` steps) the prune-less blocks (by default the first block of each down stage and the
+last block of each up stage) run dense; the mid block is always pruned. The step clock (:mod:`.clock`) and the
+handle's life cycle (:mod:`.schedule`) are shared with the other methods.
 """
 
 from __future__ import annotations

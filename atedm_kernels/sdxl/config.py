@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -10,6 +11,22 @@ from ..backends import BACKENDS
 # "<down>-<up>": which attention block of each down stage (F first, L last) and of each up stage (F, M middle, L)
 # runs dense during the prune-less steps; "none" prunes every block in every step.
 PRUNE_LESS_PATTERN = re.compile(r"^[FL]-[FML]$")
+
+
+def check_prune_less(fraction, steps) -> None:
+    """The DSAP fields' checks, shared by every method's config."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"prune_less_fraction must be a float in [0, 1], got {fraction!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"prune_less_steps must be None or an int >= 0, got {steps!r}")
+
+
+def prune_less_count(fraction: float, steps: int | None, num_steps: int) -> int:
+    """Prune-less steps at the start of a ``num_steps`` run: ``steps`` if given, else ``ceil(fraction * num_steps)``
+    (rounded to 9 decimals first, so that 0.3 * 10 counts 3, not 4)."""
+    if steps is not None:
+        return min(steps, num_steps)
+    return min(math.ceil(round(fraction * num_steps, 9)), num_steps)
 
 
 @dataclass(frozen=True)
@@ -22,7 +39,12 @@ class AtEdmConfig:
         num_iters: G-WPR power iterations. The paper does not state its count; 10 brings the scores of a
             head-averaged SD-XL-like map to a ranking that further iterations no longer change much.
         damping: G-WPR damping d (``s <- (1-d) A^T s + d/N``); the paper's WPR uses none.
-        prune_less_steps: DSAP: for denoising steps ``< prune_less_steps`` the ``prune_less_blocks`` run dense.
+        prune_less_fraction: DSAP: the first ``prune_less_fraction`` of the denoising trajectory is the prune-less
+            phase, in which the ``prune_less_blocks`` run dense (the paper's 15 of 50 steps: 0.3). In a run of n steps
+            step i (0-based) is prune-less when ``i < ceil(prune_less_fraction * n)``: 15 of 50, 2 of 4, 1 of 1
+            (see :meth:`prune_less_count`; how the step and n are found: :mod:`.schedule`).
+        prune_less_steps: an absolute count instead: steps ``< prune_less_steps`` are prune-less whatever the
+            run's length (0: never; None, the default: use ``prune_less_fraction``).
         prune_less_blocks: which blocks DSAP leaves dense in the early steps, "<down>-<up>" with down in {F, L} and
             up in {F, M, L} (the paper's best, "F-L": first block of each down stage, last of each up stage), or
             "none". The mid block is always pruned.
@@ -34,7 +56,8 @@ class AtEdmConfig:
     keep_ratio: float = 0.37
     num_iters: int = 10
     damping: float = 0.0
-    prune_less_steps: int = 15
+    prune_less_fraction: float = 0.3
+    prune_less_steps: int | None = None
     prune_less_blocks: str = "F-L"
     skip_second_level: bool = False
     backend: str = "auto"
@@ -48,8 +71,7 @@ class AtEdmConfig:
             raise ValueError(f"num_iters must be an int >= 1, got {self.num_iters!r}")
         if isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) or not 0 <= self.damping <= 1:
             raise ValueError(f"damping must be a float in [0, 1], got {self.damping!r}")
-        if isinstance(self.prune_less_steps, bool) or not isinstance(self.prune_less_steps, int) or self.prune_less_steps < 0:
-            raise ValueError(f"prune_less_steps must be an int >= 0, got {self.prune_less_steps!r}")
+        check_prune_less(self.prune_less_fraction, self.prune_less_steps)
         if not isinstance(self.prune_less_blocks, str) or not (
             self.prune_less_blocks == "none" or PRUNE_LESS_PATTERN.match(self.prune_less_blocks)
         ):
@@ -60,6 +82,10 @@ class AtEdmConfig:
             raise ValueError(f"skip_second_level must be a bool, got {self.skip_second_level!r}")
         if not isinstance(self.backend, str) or self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def prune_less_count(self, num_steps: int) -> int:
+        """How many of a ``num_steps`` run's first steps are prune-less (see ``prune_less_fraction``)."""
+        return prune_less_count(self.prune_less_fraction, self.prune_less_steps, num_steps)
 
     def kept_tokens(self, n: int) -> int:
         """K for a block of ``n`` tokens: ``max(1, round(keep_ratio * n))``."""

@@ -11,7 +11,9 @@ Inside the block's first ``BasicTransformerBlock``:
    ``recover_tokens`` restores N tokens, before the residual add and the reshape to [B, C, H, W].
 
 Each batch element (both classifier-free-guidance halves included) gets its own mask. When the block is not
-``active`` (DSAP's prune-less steps), every piece defers to diffusers' own code, so the block is exactly dense.
+``active`` (DSAP's prune-less steps), every piece defers to diffusers' own code and the user's processor, so the
+block is exactly dense. The pruning processor sits in front of the user's processor only during a pruning call
+(:mod:`.processors`); the block's hooks live until ``remove()``.
 """
 
 from __future__ import annotations
@@ -24,44 +26,57 @@ from torch import nn
 from .. import ops
 from ..backends import preference_for
 from .config import AtEdmConfig
+from .processors import CallWrapper, call_processor, is_fused_processor, plain_processor_types
 
 
-class PruningAttnProcessor:
-    """Self-attention processor of a pruning layer: diffusers' SDPA attention, plus the head-averaged map.
+class PruningAttnProcessor(CallWrapper):
+    """Self-attention processor of a pruning layer during a pruning call: the block's output and its head-averaged
+    map ``amap`` [B, N, N], handed to the block for G-WPR.
 
-    Only the plain self-attention of SD U-Nets is handled (no group/spatial norm, no q/k norm, no mask); other
-    attention modules are refused when AT-EDM is applied.
+    When the user's processor (``inner``) is a plain one (SDPA, sliced, fused QKV, xFormers:
+    :func:`~.processors.plain_processor_types`), ``attention_with_map`` computes both in one pass. Any other processor (PAG's perturbed attention, a custom one)
+    keeps its own output, and the map comes from a second attention on the module's plain q and k: correct whatever
+    the processor does, at the cost of one more attention in this layer.
     """
 
-    def __init__(self, block: "BlockPruner", dense_processor) -> None:
+    def __init__(self, block: "BlockPruner") -> None:
+        super().__init__()
         self.block = block
-        self.dense_processor = dense_processor
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if not self.block.active:
-            return self.dense_processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
             raise ValueError(
-                "AT-EDM's pruning layer needs plain self-attention on [B, N, C] tokens "
+                f"{self.block.name}: AT-EDM's pruning layer needs plain self-attention on [B, N, C] tokens "
                 "(no encoder_hidden_states, no attention_mask)"
             )
+        if type(self.inner) in plain_processor_types():
+            out, amap = self._attention(attn, hidden_states, fused=is_fused_processor(self.inner))
+        else:
+            out = call_processor(self.inner, attn, hidden_states, temb=temb)
+            _, amap = self._attention(attn, hidden_states, fused=False)
+        self.block.capture_map(amap)  # [B, N, N]
+        return out
+
+    def _attention(self, attn, hidden_states: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``attn``'s self-attention output [B, N, C] and head-averaged map [B, N, N]; ``fused``: project with the
+        fused ``to_qkv`` (what ``FusedAttnProcessor2_0`` uses) instead of ``to_q``, ``to_k``, ``to_v``."""
         batch, tokens, _ = hidden_states.shape
         heads = attn.heads
 
         def split_heads(t: torch.Tensor) -> torch.Tensor:  # [B, N, H*D] -> [B, H, N, D]
             return t.view(batch, tokens, heads, -1).transpose(1, 2)
 
-        q = split_heads(attn.to_q(hidden_states))
-        k = split_heads(attn.to_k(hidden_states))
-        v = split_heads(attn.to_v(hidden_states))
+        if fused:
+            q, k, v = map(split_heads, attn.to_qkv(hidden_states).chunk(3, dim=-1))  # [B, H, N, D] each
+        else:
+            q, k, v = map(split_heads, (attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)))
         backend = preference_for("attention_with_map", self.block.config.backend)
         out, amap = ops.attention_with_map(q, k, v, attn.scale, map_dtype=map_dtype_for(q.device), backend=backend)
-        self.block.capture_map(amap)  # [B, N, N]
         out = out.transpose(1, 2).reshape(batch, tokens, -1)  # [B, N, H*D]
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + hidden_states
-        return out / attn.rescale_output_factor
+        return out / attn.rescale_output_factor, amap
 
 
 def map_dtype_for(device: torch.device) -> torch.dtype | None:
@@ -99,7 +114,7 @@ class BlockPruner:
         self.stage = stage  # "down", "mid" or "up"
         self.position = position  # "F", "M" or "L" within its stage (mid: "M")
         self.config = config
-        self.active = True  # set by the DSAP schedule before each U-Net call
+        self.active = False  # set by the DSAP schedule before each U-Net call
         self.last_tokens: tuple[int, int] | None = None  # (N, K) of the latest pruned call
         # Called as observer(block, scores [B, N], keep_idx [B, K]) after each selection (pictures, debugging).
         self.observer: Callable[[BlockPruner, torch.Tensor, torch.Tensor], None] | None = None
@@ -108,8 +123,7 @@ class BlockPruner:
 
         first = transformer.transformer_blocks[0]
         self._attn = first.attn1
-        self._dense_processor = first.attn1.processor
-        first.attn1.processor = PruningAttnProcessor(self, self._dense_processor)
+        self._processor = PruningAttnProcessor(self)  # in front of the user's processor during pruning calls
         self._hooks = [first.register_forward_hook(self._prune)]
         if transformer.use_linear_projection:
             self._hooks.append(transformer.proj_out.register_forward_hook(self._recover))
@@ -125,8 +139,8 @@ class BlockPruner:
         amap, self._amap = self._amap, None
         if amap is None:
             raise ValueError(
-                f"{self.name}: its first self-attention produced no map: the attention processor AT-EDM installed "
-                "was replaced after apply() (set_attn_processor, fused QKV, xformers, PAG); apply AT-EDM last"
+                f"{self.name}: its first self-attention produced no map: the layer's attention ran without AT-EDM's "
+                "processor (attach() was not called, or the module's forward bypasses its processor)"
             )
         cfg = self.config
         tokens = hidden_states.shape[1]
@@ -152,10 +166,19 @@ class BlockPruner:
         """Forget the state of the latest call (map, selection, token counts)."""
         self._amap = self._restore = self.last_tokens = None
 
+    def attach(self) -> None:
+        """Prune in the coming call: ``active``, and the pruning processor in front of the user's."""
+        self.active = True
+        self._processor.wrap(self._attn)
+
+    def detach(self) -> None:
+        """The call is over: the user's processor alone again."""
+        self._processor.unwrap(self._attn)
+
     def remove(self) -> None:
+        self.detach()
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        if isinstance(self._attn.processor, PruningAttnProcessor):  # never overwrite a processor set since apply()
-            self._attn.processor = self._dense_processor
+        self.active = False
         self.clear()

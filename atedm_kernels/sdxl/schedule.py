@@ -1,18 +1,21 @@
-"""What every token-pruning method on a U-Net shares: finding the attention blocks, counting denoising steps,
-per-step statistics, and the undo handle.
+"""What every token-pruning method on a U-Net shares: finding the attention blocks, the DSAP clock, per-step
+statistics, and the undo handle.
 
-Step counting (DSAP's clock), decided once per U-Net call in a forward pre-hook kept out of any compiled region:
+Once per U-Net call, a forward pre-hook kept out of any compiled region asks the clock (:mod:`.clock`) where the call
+sits in its denoising run (step i of n), decides the phase ("prune_less" while ``i < config.prune_less_count(n)``,
+else "normal"), sets each pruning unit's ``active`` flag and lets the active ones put their attention processor in
+front of the module's own for this call only; a forward hook that runs even when the call fails takes them out
+again. Between calls the U-Net carries exactly the user's processors, so whatever the user installs before or after
+``apply`` (sliced attention, fused QKV, PAG, IP-Adapter, ``set_default_attn_processor``) is what the pruning units
+wrap at the next call, and ``remove()`` has no processor to restore. A compiled U-Net sees one static graph per
+phase, never one per step.
 
-* applied to a pipeline: the step is the pipeline scheduler's own position, ``step_index // order`` (or its
-  ``begin_index`` before the first ``step()``), read from host-side Python ints. This is exact for second-order
-  schedulers (Heun, KDPM2: two U-Net calls per step, KDPM2 even at two different timesteps) and for img2img, which
-  starts part-way into the schedule; the count restarts whenever the position goes back (a new generation).
-* applied to a bare U-Net (no scheduler to ask): the step is the number of distinct timesteps the U-Net has seen
-  since the last reset, reset when the timestep rises (SPEC.md section 5). This reads the timestep on the host: one
-  device sync per call, which also keeps a manually captured CUDA graph from advancing the clock.
-
-``handle.reset()`` restarts the count either way. The hook only flips each pruning unit's ``active`` flag, so a
-compiled U-Net sees one static graph per schedule phase, never one per step.
+Cost per call: a few Python attribute reads and, for units that prune, two attribute swaps; no device sync when the
+timestep is an entry of the scheduler's ``timesteps`` (every diffusers pipeline); one sync (a host read) otherwise.
+CUDA graphs: the hooks run in Python, so a graph captured by hand replays the phase it was captured in; capture one
+graph per phase (``handle.pin_phase("prune_less")``, then ``"normal"``) and replay the one whose phase
+``handle.phase_at(step, num_steps)`` gives. ``torch.compile(mode="reduce-overhead")`` handles
+this itself: the phase flags are guarded, so it records one graph per phase.
 """
 
 from __future__ import annotations
@@ -22,16 +25,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .clock import Position, StepClock
+
 
 @dataclass
 class StepRecord:
     """What one denoising step did: which units pruned, and how many of their N tokens they kept."""
 
     step: int
-    timestep: float | None  # None when the step came from the pipeline's scheduler (no device read)
+    timestep: float | None  # None when the timestep was a schedule entry (never read on the host)
     phase: str  # "prune_less" or "normal"
     kept: dict[str, int | None] = field(default_factory=dict)  # unit name -> K (None: ran dense)
     tokens: dict[str, int] = field(default_factory=dict)  # unit name -> N, for the units that pruned
+    num_steps: int | None = None  # steps of the run's schedule; None when the U-Net got bare timesteps
 
 
 def unet_of(pipe_or_unet) -> nn.Module:
@@ -68,29 +74,28 @@ def attention_blocks(unet: nn.Module):
             yield f"up_blocks.{i}.attentions.{j}", block, levels - i, "up", position(j, len(blocks))
 
 
-def timestep_value(args: tuple, kwargs: dict) -> float:
-    """The U-Net call's timestep as a float (one host read per call, not per token)."""
-    timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
-    if isinstance(timestep, torch.Tensor):
-        return float(timestep.reshape(-1)[0])
-    return float(timestep)
+def call_argument(args: tuple, kwargs: dict, name: str, index: int):
+    """A U-Net forward argument given by keyword or by position."""
+    return kwargs[name] if name in kwargs else args[index]
 
 
 class PruningHandle:
     """Undo handle of a pruning method on a U-Net; also a context manager.
 
-    Subclasses build ``self.units`` (objects with ``name``, ``active``, ``last_tokens``, ``clear()`` and
-    ``remove()``) through
-    :meth:`_install`, and say in :meth:`prunes` which unit prunes in which phase.
+    Subclasses build ``self.units`` through :meth:`_install` (objects with ``name``, ``active``, ``last_tokens``,
+    ``clear()``, ``attach()``, ``detach()`` and ``remove()``) and say in :meth:`prunes` which unit prunes in which
+    phase.
     """
 
     def __init__(self, pipe_or_unet, config) -> None:
         self.unet = unet_of(pipe_or_unet)
         self.config = config
-        # A pipeline's (current) scheduler is the step clock; a bare U-Net has none.
         self.pipeline = pipe_or_unet if pipe_or_unet is not self.unet else None
         self.units: list = []
-        self._hook = None
+        self._hooks: list = []
+        self._clock = StepClock(self.pipeline)
+        self._records: list[StepRecord] = []
+        self._pinned: str | None = None
 
     def prunes(self, unit, phase: str) -> bool:
         """Whether ``unit`` prunes in ``phase`` ("prune_less" or "normal")."""
@@ -116,59 +121,73 @@ class PruningHandle:
                 f"pipe_or_unet already has token pruning applied ({type(existing).__name__}); "
                 "call its handle.remove() first"
             )
-        self._hook = self.unet.register_forward_pre_hook(self._before_step, with_kwargs=True)
-        self.unet._atedm_handle = self  # one pruning method at a time: each rewrites attention processors
+        self._hooks = [
+            self.unet.register_forward_pre_hook(self._before_call, with_kwargs=True),
+            self.unet.register_forward_hook(self._after_call, always_call=True),
+        ]
+        self.unet._atedm_handle = self  # one pruning method at a time: each wraps attention processors
         self.reset()
 
     @property
     def step(self) -> int:
-        """The current denoising step index (-1 before the first U-Net call)."""
-        return self._step
+        """The current denoising step index (-1 before the first U-Net call of a run)."""
+        position = self._clock.position
+        return -1 if position is None else position.step
 
     def reset(self) -> None:
-        """Start a new generation: the next U-Net call is step 0. Clears the statistics."""
-        self._step = -1
-        self._last_timestep: float | None = None
-        self._records: list[StepRecord] = []
+        """Start a new run: the next U-Net call begins it. Clears the statistics."""
+        self._clock.reset()
+        self._records = []
 
-    def _scheduler_step(self) -> int | None:
-        """The denoising step from the pipeline's scheduler, or None without one."""
-        scheduler = getattr(self.pipeline, "scheduler", None)
-        if scheduler is None or not hasattr(scheduler, "step_index"):
-            return None
-        index = scheduler.step_index
-        if index is None:  # before the generation's first scheduler.step()
-            index = getattr(scheduler, "begin_index", None) or 0
-        return index // getattr(scheduler, "order", 1)
+    def phase_at(self, step: int, num_steps: int | None = None, timestep: float | None = None) -> str:
+        """The DSAP phase of step ``step`` of a ``num_steps`` run ("prune_less" or "normal"); with
+        ``num_steps=None`` (a U-Net fed bare timesteps) the phase follows ``timestep``'s noise level instead."""
+        return self._phase(Position(step, num_steps, timestep, ()))
 
-    def _advance_clock(self, args, kwargs) -> float | None:
-        """Move ``self._step`` to the current call's step; returns the timestep read (None from a scheduler)."""
-        step = self._scheduler_step()
-        if step is not None:
-            if step < self._step:
-                self.reset()
-            self._step = step
-            return None
-        timestep = timestep_value(args, kwargs)
-        if self._last_timestep is None or timestep > self._last_timestep:
-            if self._last_timestep is not None:
-                self.reset()
-            self._step = 0
-        elif timestep < self._last_timestep:
-            self._step += 1
-        self._last_timestep = timestep
-        return timestep
+    def pin_phase(self, phase: str | None) -> None:
+        """Run every call in ``phase`` ("prune_less" or "normal") whatever the clock says; None follows the clock
+        again. For counting or timing one phase, and for capturing one CUDA graph per phase."""
+        if phase not in (None, "prune_less", "normal"):
+            raise ValueError(f"phase must be None, 'prune_less' or 'normal', got {phase!r}")
+        self._pinned = phase
+
+    def _phase(self, position: Position) -> str:
+        if self._pinned is not None:
+            return self._pinned
+        fraction = getattr(self.config, "prune_less_fraction", 0.0)
+        absolute = self.config.prune_less_steps
+        if position.num_steps is not None:
+            early = position.step < self.config.prune_less_count(position.num_steps)
+        elif absolute is not None:
+            early = position.step < absolute
+        else:
+            early = position.progress(self._clock.train_timesteps) < fraction
+        return "prune_less" if early else "normal"
+
+    def _prepare_call(self, args: tuple, kwargs: dict, position: Position) -> None:
+        """Per-call work of a method before its units run (outside any compiled region); none by default."""
 
     @torch.compiler.disable
-    def _before_step(self, module, args, kwargs):
-        timestep = self._advance_clock(args, kwargs)
+    def _before_call(self, module, args, kwargs):
+        position, new_run = self._clock.locate(call_argument(args, kwargs, "timestep", 1))
+        if new_run:
+            self._records = []
         self._finish_record()
-        phase = "prune_less" if self._step < self.config.prune_less_steps else "normal"
+        phase = self._phase(position)
         for unit in self.units:
             unit.clear()  # nothing a previous, possibly failed, call left behind reaches this one
             unit.active = self.prunes(unit, phase)
-        if not self._records or self._records[-1].step != self._step:
-            self._records.append(StepRecord(self._step, timestep, phase))
+        self._prepare_call(args, kwargs, position)
+        for unit in self.units:
+            if unit.active:
+                unit.attach()
+        if not self._records or self._records[-1].step != position.step:
+            self._records.append(StepRecord(position.step, position.timestep, phase, num_steps=position.num_steps))
+
+    @torch.compiler.disable
+    def _after_call(self, module, args, output):
+        for unit in self.units:
+            unit.detach()  # the user's processors are back between calls, even after a failed call
 
     def _finish_record(self) -> None:
         if not self._records:
@@ -181,15 +200,15 @@ class PruningHandle:
                 record.kept.setdefault(unit.name, None)
 
     def stats(self) -> list[StepRecord]:
-        """One record per denoising step since the last reset (the current step included)."""
+        """One record per denoising step of the current (or latest) run, the current step included."""
         self._finish_record()
         return list(self._records)
 
     def remove(self) -> None:
-        """Restore the U-Net exactly: processors back, hooks gone."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        """Restore the U-Net exactly: hooks gone; the attention processors were never changed between calls."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
         for unit in self.units:
             unit.remove()
         self.units = []

@@ -17,10 +17,12 @@ The token grid: a forward pre-hook on each ``Transformer2DModel`` reads its inpu
 (before ``proj_in`` flattens it), so ``h, w`` are exact for any latent size, square or not, with no assumption
 about how the U-Net's downsamplers round odd sizes.
 
-The same handle interface as :class:`~atedm_kernels.sdxl.apply.AtEdmHandle`: step counting from distinct
-timesteps (reset when the timestep rises or by ``reset()``), ``stats()`` (one :class:`StepRecord` per step with
-N and K of every pruning layer), ``remove()``, context manager. SiTo has no DSAP; ``prune_less_steps`` (default 0)
-optionally runs the first steps dense.
+The same handle interface as :class:`~atedm_kernels.sdxl.apply.AtEdmHandle`: the denoising clock of
+:mod:`.clock`, ``stats()`` (one :class:`StepRecord` per step with N and K of every layer that really pruned),
+``reset()``, ``remove()``, context manager; the SiTo processor wraps whatever processor the module has at each call
+(:mod:`.processors`). SiTo has no DSAP; ``prune_less_steps`` (default 0) optionally runs the first steps dense.
+The base-token noise of all layers is drawn once per U-Net call, in the handle's pre-hook, so a compiled U-Net takes
+it as an input (no graph break, seeded or not).
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from torch import nn
 from .. import ops
 from ..backends import BACKENDS, preference_for
 from ..sito import sito_kept_tokens, sito_select
-from .schedule import PruningHandle, attention_blocks
+from .clock import Position
+from .config import prune_less_count
+from .processors import CallWrapper, call_processor
+from .schedule import PruningHandle, attention_blocks, call_argument
 
 
 def _is_int(value) -> bool:
@@ -59,8 +64,9 @@ class SiToConfig:
         levels: feature levels whose attention blocks prune (1 = the latent's resolution; SD-XL's attention sits
             at levels 2 and 3); ``None`` (default) = every level that has attention.
         prune_less_steps: denoising steps ``< prune_less_steps`` run dense (SiTo itself has none: default 0).
-        seed: seed of the base-token noise, reseeded at every new generation, so a generation is reproducible;
-            ``None`` draws from torch's global RNG (``torch.compile`` traces that without a graph break).
+        seed: seed of the base-token noise: each U-Net call's noise is drawn from a generator seeded by (seed, the
+            call's place in its run), so the same seed gives the same images whatever ran before and whichever
+            pipeline calls; ``None`` draws from torch's global RNG.
         backend: backend of the gather/recover ops ("auto", "reference", "cuda"; "triton" counts as "auto").
     """
 
@@ -97,6 +103,10 @@ class SiToConfig:
         if not isinstance(self.backend, str) or self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
+    def prune_less_count(self, num_steps: int) -> int:
+        """How many of a ``num_steps`` run's first steps run dense: ``min(prune_less_steps, num_steps)``."""
+        return prune_less_count(0.0, self.prune_less_steps, num_steps)
+
     def kept_tokens(self, h: int, w: int) -> int:
         """K for an ``h x w`` token grid: ``N - min(round(prune_ratio * N), N - P)``, ``N = h * w``."""
         return sito_kept_tokens(h, w, self.sx, self.sy, self.prune_ratio)
@@ -118,25 +128,28 @@ class _GridProbe:
         self.grid = None
 
 
-class SiToAttnProcessor:
-    """``attn1`` processor of a SiTo layer: the module's own processor on the K kept tokens, recovered to N."""
+class SiToAttnProcessor(CallWrapper):
+    """``attn1`` processor of a SiTo layer during a pruning call: the user's processor (``inner``) on the K kept
+    tokens, recovered to N."""
 
-    def __init__(self, layer: "SiToLayer", dense_processor) -> None:
+    def __init__(self, layer: "SiToLayer") -> None:
+        super().__init__()
         self.layer = layer
-        self.dense_processor = dense_processor
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         selection, self.layer._selection = self.layer._selection, None
         if selection is None:
-            return self.dense_processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+            return call_processor(self.inner, attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
             raise ValueError(
-                "SiTo needs plain self-attention on [B, N, C] tokens (no encoder_hidden_states, no attention_mask)"
+                f"{self.layer.name}: SiTo needs plain self-attention on [B, N, C] tokens (no encoder_hidden_states, "
+                "no attention_mask)"
             )
         keep_idx, prune_idx, src = selection
         backend = preference_for("gather_tokens", self.layer.config.backend)
         kept = ops.gather_tokens(hidden_states, keep_idx, backend=backend)  # [B, K, C]
-        out = self.dense_processor(attn, kept, None, None, temb, **kwargs)  # [B, K, C]: q, k, v all from K tokens
+        out = call_processor(self.inner, attn, kept, temb=temb)  # [B, K, C]: q, k, v all from K tokens
+        self.layer.last_tokens = (hidden_states.shape[1], keep_idx.shape[1])  # reported only once really pruned
         return ops.recover_tokens(out, keep_idx, prune_idx, src, backend=backend)  # [B, N, C]
 
 
@@ -156,18 +169,19 @@ def _check_sito_prunable(block: nn.Module, transformer: nn.Module, name: str) ->
 class SiToLayer:
     """SiTo on one ``BasicTransformerBlock``: a pre-hook that selects tokens and an ``attn1`` processor."""
 
-    def __init__(self, handle: "SiToHandle", block: nn.Module, probe: _GridProbe, name: str, level: int) -> None:
+    def __init__(self, handle: "SiToHandle", block: nn.Module, probe: _GridProbe, name: str, level: int,
+                 index: int) -> None:
         self.handle = handle
         self.config = handle.config
         self.block = block
         self.probe = probe
         self.name = name
         self.level = level
-        self.active = True  # set by the schedule before each U-Net call
-        self.last_tokens: tuple[int, int] | None = None  # (N, K) of the latest pruned call
+        self.index = index  # row of the handle's per-call noise
+        self.active = False  # set by the schedule before each U-Net call
+        self.last_tokens: tuple[int, int] | None = None  # (N, K) of the latest call that really pruned
         self._selection: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._dense_processor = block.attn1.processor
-        block.attn1.processor = SiToAttnProcessor(self, self._dense_processor)
+        self._processor = SiToAttnProcessor(self)  # in front of the user's processor during pruning calls
         self._hook = block.register_forward_pre_hook(self._select, with_kwargs=True)
 
     def _select(self, module, args, kwargs):
@@ -183,22 +197,27 @@ class SiToLayer:
             )
         cfg = self.config
         h, w = grid
-        batch, tokens = x.shape[0], x.shape[1]
-        noise = None
-        if cfg.noise_alpha > 0 and cfg.prune_ratio > 0:
-            noise = self.handle.draw_noise(batch, tokens, x.device)  # [B, N] float32
-        keep_idx, prune_idx, src = sito_select(x, h, w, cfg.sx, cfg.sy, cfg.prune_ratio, noise, cfg.noise_alpha)
-        self._selection = (keep_idx, prune_idx, src)
-        self.last_tokens = (tokens, keep_idx.shape[1])
+        noise = self.handle.noise_for(self.index, x.shape[0], x.shape[1])  # [B, N] float32, or None
+        self._selection = sito_select(x, h, w, cfg.sx, cfg.sy, cfg.prune_ratio, noise, cfg.noise_alpha)
         return None
 
     def clear(self) -> None:
         """Forget the state of the latest call (selection, token counts)."""
         self._selection = self.last_tokens = None
 
+    def attach(self) -> None:
+        """Prune in the coming call: ``active``, and the SiTo processor in front of the user's."""
+        self.active = True
+        self._processor.wrap(self.block.attn1)
+
+    def detach(self) -> None:
+        """The call is over: the user's processor alone again."""
+        self._processor.unwrap(self.block.attn1)
+
     def remove(self) -> None:
+        self.detach()
         self._hook.remove()
-        self.block.attn1.processor = self._dense_processor
+        self.active = False
         self.clear()
 
 
@@ -212,7 +231,7 @@ class SiToHandle(PruningHandle):
     def __init__(self, pipe_or_unet, config: SiToConfig) -> None:
         super().__init__(pipe_or_unet, config)
         self._probes: list[_GridProbe] = []
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self._noise: torch.Tensor | None = None  # [units, B, latent tokens] for the current call
         self._install(self._build_units, "no attention block with self-attention for SiTo to prune")
 
     def _build_units(self) -> None:
@@ -231,7 +250,9 @@ class SiToHandle(PruningHandle):
             probe = _GridProbe(transformer)
             self._probes.append(probe)
             for j, block in enumerate(transformer.transformer_blocks):
-                self.units.append(SiToLayer(self, block, probe, f"{name}.transformer_blocks.{j}", level))
+                self.units.append(
+                    SiToLayer(self, block, probe, f"{name}.transformer_blocks.{j}", level, len(self.units))
+                )
 
     @property
     def layers(self) -> list[SiToLayer]:
@@ -241,30 +262,39 @@ class SiToHandle(PruningHandle):
         """Every wrapped layer prunes in normal steps and none in the prune-less ones."""
         return phase == "normal"
 
-    def reset(self) -> None:
-        """Start a new generation: the next U-Net call is step 0. Clears the statistics, reseeds the noise."""
-        super().reset()
-        self._generators = {}
+    def _prepare_call(self, args: tuple, kwargs: dict, position: Position) -> None:
+        """Draw the call's base-token noise for every layer at once, outside any compiled region: from the global
+        RNG, or with ``seed`` from a generator seeded by (seed, the call's place in its run), so a seeded run gives
+        the same noise whatever ran before and whichever pipeline calls."""
+        self._noise = None
+        cfg = self.config
+        if cfg.noise_alpha == 0 or cfg.prune_ratio == 0 or not any(unit.active for unit in self.units):
+            return
+        sample = call_argument(args, kwargs, "sample", 0)  # [B, C, H, W]
+        batch, tokens = sample.shape[0], sample.shape[-2] * sample.shape[-1]  # no level has more tokens
+        generator = None
+        if cfg.seed is not None and sample.device.type != "meta":  # meta (MACs counting) has no generator
+            generator = torch.Generator(device=sample.device).manual_seed(position.seed(cfg.seed))
+        self._noise = torch.randn(len(self.units), batch, tokens, generator=generator, device=sample.device)
 
-    def draw_noise(self, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
-        """Base-token noise ``[batch, tokens]`` (float32): global RNG, or the handle's seeded generator."""
-        if self.config.seed is None:
-            return torch.randn(batch, tokens, device=device)
-        return self._seeded_noise(batch, tokens, device)
-
-    @torch.compiler.disable
-    def _seeded_noise(self, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = self._generators[device] = torch.Generator(device=device).manual_seed(self.config.seed)
-        return torch.randn(batch, tokens, device=device, generator=gen)
+    def noise_for(self, index: int, batch: int, tokens: int) -> torch.Tensor | None:
+        """Layer ``index``'s noise for ``batch`` x ``tokens`` tokens this call ([B, N] float32), or None."""
+        if self._noise is None:
+            return None
+        if batch > self._noise.shape[1] or tokens > self._noise.shape[2]:
+            raise ValueError(
+                f"SiTo layer {index} sees {batch} x {tokens} tokens, more than the U-Net's sample "
+                f"({self._noise.shape[1]} x {self._noise.shape[2]})"
+            )
+        return self._noise[index, :batch, :tokens]
 
     def remove(self) -> None:
-        """Restore the U-Net exactly: processors back, hooks gone."""
+        """Restore the U-Net exactly: hooks gone; the attention processors were never changed between calls."""
         super().remove()
         for probe in self._probes:
             probe.remove()
         self._probes = []
+        self._noise = None
 
 
 def apply_sito(pipe_or_unet, config: SiToConfig | None = None) -> SiToHandle:
