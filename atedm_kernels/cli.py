@@ -28,16 +28,22 @@ class MissingDependency(Exception):
     """An optional module the command needs is not installed (one line for the user, exit 2)."""
 
 
-def _require(command: str, modules: tuple[str, ...] | None = None) -> None:
-    missing = [m for m in (modules or NEEDS.get(command, ())) if importlib.util.find_spec(m) is None]
+def _require(command: str) -> None:
+    missing = [m for m in NEEDS.get(command, ()) if importlib.util.find_spec(m) is None]
     if missing:
         raise MissingDependency(f"needs {', '.join(missing)}, not installed: {INSTALL_CLI} (the 'cli' extra)")
 
 
 def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name!r} is not a device ({exc})") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA device")
+    return device
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

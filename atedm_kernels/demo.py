@@ -396,12 +396,12 @@ def run(settings: DemoSettings, echo: Callable[[str], None] = print) -> DemoResu
 
 def speed_table(result: DemoResult) -> str:
     """The timings: MACs per step, time per step, total time of all runs, speed-up per step."""
-    runs = len(result.dense.seconds)
-    header = (f"{'':34}{'MACs per step':>15}{'time per step':>15}"
-              f"{f'total ({runs} x {result.dense.steps} step)':>22}{'speed-up':>10}")
-    lines = [header]
+    runs, steps = len(result.dense.seconds), result.dense.steps
+    width = max(len(v.label) for v in (result.dense, result.atedm)) + 2
+    total = f"total ({runs} run{'s' * (runs > 1)} x {steps} step{'s' * (steps > 1)})"
+    lines = [f"{'':{width}}{'MACs per step':>15}{'time per step':>15}{total:>28}{'speed-up':>10}"]
     for v in (result.dense, result.atedm):
-        lines.append(f"{v.label:34}{v.macs_per_step / 1e9:>13.1f} G{v.per_step:>13.2f} s{v.total:>20.1f} s"
+        lines.append(f"{v.label:{width}}{v.macs_per_step / 1e9:>13.1f} G{v.per_step:>13.2f} s{v.total:>26.1f} s"
                      f"{result.dense.per_step / v.per_step:>9.2f}x")
     each = "; ".join(f"{name} " + ", ".join(f"{s:.1f}" for s in v.seconds) + " s"
                      for name, v in (("dense", result.dense), ("AT-EDM", result.atedm)))

@@ -17,7 +17,7 @@ from .demo import Trace
 CELL_IN = 0.95  # inches per cell
 LABEL_IN = 2.0  # inches of row labels on the left
 COLORBAR_IN = 1.1
-TITLE_IN = 0.75
+TITLE_IN = 1.0
 CAPTION_IN = 1.15
 FADE = 0.72  # how far a pruned token's colour is blended towards white
 

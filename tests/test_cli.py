@@ -48,7 +48,7 @@ def test_demo_tiny_prints_labelled_times_and_writes_a_picture(tmp_path, capsys):
                  "--picture-size", "128", "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
-    for words in ("[picture]", "[speed]", "estimate", "time per step", "total (1 x 2 step)", "speed-up",
+    for words in ("[picture]", "[speed]", "estimate", "time per step", "total (1 run x 2 steps)", "speed-up",
                   "AT-EDM, DSAP mean of 2 steps (1 prune-less)", "total time of the demo"):
         assert words in printed, words
     from PIL import Image
@@ -122,6 +122,7 @@ def test_bench_runs_the_e2e_benchmark_smoke(tmp_path, capsys):
         (["generate", "x", "--model", "/nonexistent", "--no-atedm", "--method", "sito"], "--no-atedm"),
         (["generate", "a cat", "  ", "--model", "/nonexistent"], "prompt 2 is empty"),
         (["demo", "--size", "100"], "--size must be a multiple of 32"),
+        (["demo", "--device", "gpu0"], "--device 'gpu0' is not a device"),
         (["demo", "--scale", "tiny", "--picture-steps", "0"], "--picture-steps must be at least 1"),
         (["demo", "--scale", "tiny", "--num-iters", "0"], "num_iters"),
         (["eval", "--model", "/nonexistent", "--captions", "/nonexistent.txt", "--fid-feature", "clip"],

@@ -90,4 +90,4 @@ def test_full_scale_code_path_on_a_small_config(tmp_path):
     estimate_line = next(i for i, line in enumerate(lines) if "estimate" in line)
     assert "SD-XL base's full U-Net architecture" in lines[estimate_line - 2]
     table = speed_table(result)
-    assert "time per step" in table and "total (2 x 1 step)" in table and "speed-up" in table
+    assert "time per step" in table and "total (2 runs x 1 step)" in table and "speed-up" in table
