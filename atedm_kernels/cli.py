@@ -226,7 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from .eval import EvalSettings, evaluate, load_clip, read_captions
-    from .generate import load_pipeline
+    from .generate import load_pipeline, resolve_model
 
     if args.fid_feature == "inception" and importlib.util.find_spec("torch_fidelity") is None:
         raise MissingDependency('FID on InceptionV3 features needs torch-fidelity, not installed: '
@@ -234,6 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     captions = read_captions(args.captions, args.num)
     _check_prompts(captions)
     methods = _methods(args, args.steps)  # bad flags fail here, before a pipeline loads
+    resolve_model(args.clip_model, "config.json", "CLIP model")  # and a CLIP that is not here
     device = _device(args.device) if args.device else PartialState().device
     pipe = load_pipeline(args.model, device)
     pipe.set_progress_bar_config(disable=True)

@@ -15,6 +15,15 @@ class ModelNotAvailableError(RuntimeError):
     """The model is neither a local folder nor already in the Hugging Face cache (nothing is ever downloaded)."""
 
 
+@dataclass
+class Generated:
+    method: str  # "dense", "atedm" or "sito"
+    prompt: str
+    image: object  # PIL.Image.Image
+    seconds: float
+    macs_per_step: int | None
+
+
 def how_to_get(model: str) -> str:
     """The one-line advice for weights that are not on this machine."""
     folder = model.rstrip("/").split("/")[-1] or "model"
@@ -35,7 +44,8 @@ def resolve_model(model: str, marker: str, what: str) -> str:
     """``model`` as a local folder path or a cached hub id holding ``marker``; else ModelNotAvailableError."""
     path = Path(model).expanduser()
     if path.is_file():
-        raise ModelNotAvailableError(f"{what} {model!r} is a single file: pass a diffusers/transformers folder")
+        hint = " (StableDiffusionXLPipeline.from_single_file converts a checkpoint into one)" * (what == "model")
+        raise ModelNotAvailableError(f"{what} {model!r} is a single file: pass a saved {what} folder{hint}")
     if path.is_dir():
         if not (path / marker).is_file():
             raise ModelNotAvailableError(f"{what} folder {model!r} has no {marker}: not a saved {what}")
