@@ -44,8 +44,8 @@ def test_generate_writes_images_and_grid(tmp_path, tiny_pipeline_dir, capsys):
 
 
 def test_demo_tiny_prints_labelled_times_and_writes_a_picture(tmp_path, capsys):
-    code = main(["demo", "--scale", "tiny", "--size", "128", "--steps", "2", "--picture-steps", "3",
-                 "--picture-size", "128", "--out", str(tmp_path)])
+    code = main(["demo", "--scale", "tiny", "--size", "64", "--steps", "2", "--picture-steps", "2",
+                 "--picture-size", "64", "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     for words in ("[picture]", "[speed]", "estimate", "time per step", "total (1 run x 2 steps)", "speed-up",

@@ -79,8 +79,8 @@ def test_full_scale_code_path_on_a_small_config(tmp_path):
     estimate first, labelled times."""
     lines = []
     settings = DemoSettings(
-        scale="full", size=128, steps=1, repeats=2, config=AtEdmConfig(prune_less_steps=0), picture_steps=2,
-        picture_config=AtEdmConfig(prune_less_steps=1), picture_size=128, device=CPU, out=tmp_path,
+        scale="full", size=96, steps=1, repeats=2, config=AtEdmConfig(prune_less_steps=0), picture_steps=2,
+        picture_config=AtEdmConfig(prune_less_steps=1), picture_size=64, device=CPU, out=tmp_path,
         warmup_size=64, progress=False, unet_config=tiny_unet_config(),
     )
     result = run(settings, echo=lines.append)
