@@ -77,9 +77,9 @@ def quiet_loading():
 
 def load_pipeline(model: str, device: torch.device):
     """A ``StableDiffusionXLPipeline`` from a local folder or the local cache only (never downloads)."""
+    model = resolve_model(model, "model_index.json", "model")  # before importing diffusers: a bad path fails fast
     from diffusers import StableDiffusionXLPipeline
 
-    model = resolve_model(model, "model_index.json", "model")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     try:
         with quiet_loading():
