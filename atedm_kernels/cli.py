@@ -3,17 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 
+from .backends import BACKENDS
+from .generate import ModelNotAvailableError
+
+# What each command imports beyond the base install (torch, numpy, tqdm, pillow); the ``cli`` extra installs it all.
+NEEDS = {
+    "demo": ("diffusers", "matplotlib"),
+    "generate": ("diffusers", "transformers", "accelerate"),
+    "flops": ("diffusers",),
+    "bench": ("diffusers",),
+    "eval": ("diffusers", "transformers", "accelerate", "torchmetrics", "scipy"),
+}
+INSTALL_CLI = 'pip install "atedm-kernels[cli]"'
+
+
+class MissingDependency(Exception):
+    """An optional module the command needs is not installed (one line for the user, exit 2)."""
+
+
+def _require(command: str) -> None:
+    missing = [m for m in NEEDS.get(command, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependency(f"needs {', '.join(missing)}, not installed: {INSTALL_CLI} (the 'cli' extra)")
+
 
 def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name!r} is not a device ({exc})") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA device")
+    return device
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +56,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                        "paper's 15 of 50)")
     group.add_argument("--prune-less-blocks", default="F-L", help="DSAP blocks left dense early (default F-L)")
     group.add_argument("--dagger", action="store_true", help="AT-EDM-dagger: no pruning at the second level")
-    group.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cuda"])
+    group.add_argument("--backend", default="auto", choices=list(BACKENDS))
 
 
 def _config(args: argparse.Namespace, steps: int | None = None):
@@ -84,36 +115,56 @@ def _meta_macs(unet_config: dict, height: int, width: int, methods: dict, steps:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import draw_selections, run_demo
+def _demo_settings(args: argparse.Namespace):
+    """The demo's settings from its flags; the defaults depend on the device (see ``atedm demo --help``)."""
+    from .demo import DemoSettings
 
     device = _device(args.device)
-    scale = args.scale or ("full" if device.type == "cuda" else "tiny")
-    size = args.size or (1024 if scale == "full" else 256)
-    config = _config(args, args.steps)
-    print(f"atedm demo: random-weight SD-XL-architecture U-Net ({scale}) on {device}, {size}x{size} px, batch 2 "
-          f"(CFG), {args.steps} Euler steps, keep_ratio {config.keep_ratio}, prune-less steps "
-          f"{config.prune_less_count(args.steps)}", flush=True)
-    result = run_demo(scale, args.steps, size, size, config, device, seed=args.seed)
-    print(f"{'':12}{'MACs/step':>14}{'time':>12}{'speed-up':>10}")
-    print(f"{'dense':12}{result.dense_macs / 1e9:>12.2f} G{result.dense_ms:>10.1f} ms{1.0:>9.2f}x")
-    print(f"{'AT-EDM':12}{result.atedm_macs / 1e9:>12.2f} G{result.atedm_ms:>10.1f} ms{result.speedup:>9.2f}x")
-    print(f"MACs saved: {1 - result.atedm_macs / result.dense_macs:.1%} (averaged over the DSAP schedule)")
-    picture = draw_selections(result.selections, Path(args.out) / "atedm_masks.png")
-    print(f"pruning masks and G-WPR scores: {picture}")
+    cpu_full = device.type != "cuda" and args.scale == "full"
+    size = args.size or (256 if args.scale == "tiny" else 512 if cpu_full else 1024)
+    steps = args.steps or (1 if cpu_full else 10)
+    for flag, value, low in (("--size", size, 64), ("--picture-size", args.picture_size, 64),
+                             ("--steps", steps, 1), ("--picture-steps", args.picture_steps, 1),
+                             ("--repeats", args.repeats or 1, 1)):
+        if value < low or (flag.endswith("size") and value % 32):
+            rule = "a multiple of 32, at least 64" if flag.endswith("size") else f"at least {low}"
+            raise ValueError(f"{flag} must be {rule}, got {value}")
+    return DemoSettings(
+        scale=args.scale, size=size, steps=steps, repeats=args.repeats or (2 if cpu_full else 1),
+        config=_config(args, steps), picture_steps=args.picture_steps,
+        picture_config=_config(args, args.picture_steps), picture_size=args.picture_size, device=device,
+        out=Path(args.out), warmup_size=128 if cpu_full else size, seed=args.seed,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import check_memory, run, speed_table
+
+    settings = _demo_settings(args)
+    check_memory(settings)
+    start = time.perf_counter()
+    print("atedm demo: AT-EDM on U-Nets of SD-XL's architecture with random weights (nothing is downloaded)",
+          flush=True)
+    result = run(settings, echo=lambda line: print(line, flush=True))
+    print(speed_table(result))
+    print(f"picture: {result.picture}")
+    print(f"total time of the demo: {time.perf_counter() - start:.0f} s")
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import ModelNotAvailableError, generate_images, load_pipeline, save_results
+def _check_prompts(prompts: list[str]) -> None:
+    empty = [i + 1 for i, p in enumerate(prompts) if not p.strip()]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} is empty: give each prompt some text")
 
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate_images, load_pipeline, save_results
+
+    _check_prompts(args.prompt)
     device = _device(args.device)
     methods = {"dense": None, **_methods(args, args.steps)}  # bad flags fail here, before a pipeline loads
-    try:
-        pipe = load_pipeline(args.model, device)
-    except ModelNotAvailableError as exc:
-        print(f"atedm generate: {exc}", file=sys.stderr)
-        return 2
+    pipe = load_pipeline(args.model, device)
     pipe.set_progress_bar_config(disable=not sys.stderr.isatty())
     batch = 2 if args.guidance > 1 else 1  # the pipeline batches the unconditional half only with guidance
     macs = _meta_macs(pipe.unet.config, args.height, args.width, {k: v for k, v in methods.items() if v},
@@ -127,6 +178,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flops_table(dense, normal) -> str:
+    """Per unit: dense MACs, AT-EDM normal-step MACs, and the tokens N->K of the blocks that prune."""
+    header = f"{'module':<34}{'dense GMACs':>13}{'AT-EDM GMACs':>14}  tokens N->K (AT-EDM normal step)"
+    lines = [dense.label, header, "-" * len(header)]
+    for name, macs in dense.blocks.items():
+        tokens = "{}->{}".format(*normal.tokens[name]) if name in normal.tokens else ""
+        lines.append(f"{name:<34}{macs / 1e9:>13.2f}{normal.blocks.get(name, 0) / 1e9:>14.2f}  {tokens}".rstrip())
+    lines.append("-" * len(header))
+    lines.append(f"{'total':<34}{dense.total / 1e9:>13.2f}{normal.total / 1e9:>14.2f}")
+    return "\n".join(lines)
+
+
 def cmd_flops(args: argparse.Namespace) -> int:
     from .flops import count_unet_macs
     from .sdxl import build_sdxl_unet
@@ -134,11 +197,11 @@ def cmd_flops(args: argparse.Namespace) -> int:
     meta = build_sdxl_unet(args.scale, device="meta")
     config = _config(args, args.num_steps)
     dense = count_unet_macs(meta, args.height, args.width, batch=args.batch)
-    print(dense.table())
+    reports = {phase: count_unet_macs(meta, args.height, args.width, batch=args.batch, config=config, phase=phase,
+                                      num_steps=args.num_steps) for phase in ("normal", "prune_less", "average")}
+    print(_flops_table(dense, reports["normal"]))
     print()
-    for phase in ("normal", "prune_less", "average"):
-        report = count_unet_macs(meta, args.height, args.width, batch=args.batch, config=config, phase=phase,
-                                 num_steps=args.num_steps)
+    for phase, report in reports.items():
         print(f"AT-EDM {phase:10}: {report.total / 1e12:6.3f} T MACs per step "
               f"({1 - report.total / dense.total:.1%} less than dense {dense.total / 1e12:.3f} T)")
     return 0
@@ -151,23 +214,20 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .eval import EvalSettings, evaluate, load_clip, read_captions
-    from .generate import ModelNotAvailableError, load_pipeline
-
-    try:
-        captions = read_captions(args.captions, args.num)
-    except FileNotFoundError as exc:
-        print(f"atedm eval: {exc}", file=sys.stderr)
-        return 2
     from accelerate import PartialState
 
+    from .eval import EvalSettings, evaluate, load_clip, read_captions
+    from .generate import load_pipeline, resolve_model
+
+    if args.fid_feature == "inception" and importlib.util.find_spec("torch_fidelity") is None:
+        raise MissingDependency('FID on InceptionV3 features needs torch-fidelity, not installed: '
+                                'pip install "atedm-kernels[fid]", or pass --fid-feature clip')
+    captions = read_captions(args.captions, args.num)
+    _check_prompts(captions)
     methods = _methods(args, args.steps)  # bad flags fail here, before a pipeline loads
+    resolve_model(args.clip_model, "config.json", "CLIP model")  # and a CLIP that is not here
     device = _device(args.device) if args.device else PartialState().device
-    try:
-        pipe = load_pipeline(args.model, device)
-    except ModelNotAvailableError as exc:
-        print(f"atedm eval: {exc}", file=sys.stderr)
-        return 2
+    pipe = load_pipeline(args.model, device)
     pipe.set_progress_bar_config(disable=True)
     settings = EvalSettings(steps=args.steps, guidance=args.guidance, height=args.height, width=args.width,
                             seed=args.seed)
@@ -201,15 +261,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atedm", description="AT-EDM token pruning for diffusion U-Nets")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="dense vs AT-EDM on a random-weight SD-XL U-Net, no download",
-                          description="Runs a short denoising loop dense and with AT-EDM on a random-weight "
-                          "SD-XL-architecture U-Net (tiny on CPU, full on GPU); prints MACs, time and speed-up; "
-                          "writes a picture of the pruning masks and G-WPR scores.")
-    demo.add_argument("--scale", choices=["tiny", "full"], default=None, help="default: full on GPU, tiny on CPU")
-    demo.add_argument("--size", type=int, default=None, help="image side in pixels (default 1024 full, 256 tiny)")
-    demo.add_argument("--steps", type=int, default=10)
+    demo = sub.add_parser(
+        "demo", help="dense vs AT-EDM on random-weight SD-XL U-Nets, no download",
+        description="Part 1 (picture): a short AT-EDM denoising loop whose G-WPR scores and kept tokens, for every "
+        "pruning block at every step, are drawn to OUT/atedm_masks.png (tiny U-Net on a CPU). Part 2 (speed): the "
+        "same step(s) dense and with AT-EDM on SD-XL base's full U-Net architecture with random weights: on a CPU "
+        "1 step at 512 px in float32 (about 2 minutes on 2 cores, 11 GB of memory), on a GPU 10 steps at 1024 px "
+        "in float16. --scale tiny times the tiny U-Net instead (seconds).")
+    demo.add_argument("--scale", choices=["full", "tiny"], default="full",
+                      help="the timed U-Net: SD-XL's full architecture (default) or the tiny one")
+    demo.add_argument("--size", type=int, default=None,
+                      help="image side in pixels of the timed runs (default: 512 full on CPU, 1024 full on GPU, "
+                      "256 tiny)")
+    demo.add_argument("--steps", type=int, default=None,
+                      help="denoising steps per timed run (default: 1 full on CPU, else 10)")
+    demo.add_argument("--repeats", type=int, default=None,
+                      help="timed runs of each variant, alternating (default: 2 full on CPU, else 1)")
+    demo.add_argument("--picture-steps", type=int, default=10, help="denoising steps drawn (default 10)")
+    demo.add_argument("--picture-size", type=int, default=256,
+                      help="image side of the tiny picture run on a CPU (default 256)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default=None)
+    demo.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     demo.add_argument("--out", default="atedm_demo", help="output folder for the picture (default atedm_demo)")
     _add_config_flags(demo)
     demo.set_defaults(func=cmd_demo)
@@ -250,14 +322,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(command: str, message: str) -> int:
+    print(f"atedm {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep the command's own output readable
-    if argv[:1] == ["bench"]:
-        return cmd_bench(argparse.Namespace(), argv[1:])
-    args = build_parser().parse_args(argv)
+    command = argv[0] if argv else ""
+    # Failures a user can cause: one line naming the flag, file, model or extra; exit 2, no traceback.
+    user_errors = (ValueError, TypeError, FileNotFoundError, ModelNotAvailableError, MissingDependency)
     try:
+        if command == "bench":
+            _require("bench")
+            return cmd_bench(argparse.Namespace(), argv[1:])
+        args = build_parser().parse_args(argv)
+        _require(args.command)
         return args.func(args)
-    except (ValueError, TypeError) as exc:  # bad flag values (AtEdmConfig, sizes, ...): one line, no traceback
-        print(f"atedm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except user_errors as exc:
+        return _fail(command, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except ModuleNotFoundError as exc:  # an optional module imported deeper than NEEDS knows
+        return _fail(command, f"needs {exc.name}, not installed: {INSTALL_CLI} (the 'cli' extra)")
+    except BrokenPipeError:  # `atedm flops | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- Python flushes stdout at exit; let it go nowhere
+        return 0

@@ -1,47 +1,125 @@
-"""``atedm demo``: AT-EDM on a random-weight SD-XL-architecture U-Net, no download.
+"""``atedm demo``: what AT-EDM does to SD-XL's U-Net, with random weights (nothing is downloaded).
 
-Runs the same short denoising loop dense and with AT-EDM (tiny U-Net on a CPU, the full SD-XL architecture on a
-GPU), prints MACs, time and speed-up, and draws the pruning masks and G-WPR scores of every pruning block at a few
-steps as heat maps over the latent grid.
+Two parts, each labelled as such in the output:
+
+1. **Picture** (cheap): a short Euler denoising loop with AT-EDM, recording every pruning block's G-WPR scores and
+   kept tokens at every step, drawn by :mod:`.demo_picture`. On a CPU it runs on the tiny SD-XL-architecture U-Net;
+   on a GPU on the timed model.
+2. **Speed**: the same denoising step(s) dense and with AT-EDM on the timed model, by default SD-XL base's full
+   U-Net architecture (2.6 B parameters): on a CPU one step at 512x512 px in float32 (about 25 s dense on 2 cores),
+   on a GPU 10 steps at 1024x1024 px in float16. Runs alternate (dense, AT-EDM, AT-EDM, dense, ...) so that a load
+   change on a shared machine hits both alike. Before the long part, one step at a small warm-up size is timed and
+   scaled by the MACs ratio into an estimate; a progress bar ticks once per resnet and attention block.
+
+The full model is built on the ``meta`` device and filled from a tiled random pool (:func:`build_random_unet`):
+about 10 s for 10 GB of float32 instead of about 40 s for ``uniform_`` over every parameter, and its values
+(PyTorch's default scale, ``U(-1, 1) / sqrt(fan_in)``) do not change what a step costs.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from .sdxl import AtEdmConfig, apply, build_sdxl_unet, unet_inputs
+from .sdxl import AtEdmConfig, apply, build_sdxl_unet, sdxl_unet_config, tiny_unet_config, unet_inputs
+
+CFG_BATCH = 2  # one image with classifier-free guidance: the U-Net sees the conditional and unconditional halves
+POOL_SIZE = (1 << 24) - 3  # random values tiled into the weights; odd so that rows of a weight do not repeat
+PROGRESS_MODULES = ("ResnetBlock2D", "Transformer2DModel")  # the progress bar ticks after each of these
+
+
+def unet_config(scale: str) -> dict:
+    """The U-Net keyword arguments of ``scale``: "full" (SD-XL base) or "tiny" (its block structure, CPU widths)."""
+    configs = {"full": sdxl_unet_config, "tiny": tiny_unet_config}
+    if scale not in configs:
+        raise ValueError(f"scale must be 'full' or 'tiny', got {scale!r}")
+    return configs[scale]()
+
+
+def parameter_bytes(config: dict, dtype: torch.dtype) -> int:
+    """Bytes of the U-Net's parameters in ``dtype`` (counted on the meta device: no memory)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        meta = UNet2DConditionModel(**config)
+    return sum(p.numel() for p in meta.parameters()) * torch.empty((), dtype=dtype).element_size()
+
+
+@torch.no_grad()
+def build_random_unet(config: dict, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                      progress: bool = True):
+    """A random-weight ``UNet2DConditionModel`` built on the meta device, then filled in place.
+
+    Matrices and kernels get ``U(-1, 1) / sqrt(fan_in)`` (PyTorch's default scale), 1-D weights (norms) 1, biases
+    ``U(-1, 1) * 0.02``, each copied from a window of one random pool at a random offset.
+    """
+    from diffusers import UNet2DConditionModel
+    from tqdm.auto import tqdm
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    for module in unet.modules():  # allocate in place of the meta parameters, already in dtype
+        for key, meta in module._parameters.items():
+            if meta is not None:
+                module._parameters[key] = nn.Parameter(torch.empty(meta.shape, device=device, dtype=dtype),
+                                                       requires_grad=False)
+    if any(True for _ in unet.buffers()):  # diffusers' U-Net has none; a meta buffer would fail much later
+        raise NotImplementedError("build_random_unet fills parameters only; this U-Net config has buffers")
+    unet.eval()
+    gen = torch.Generator().manual_seed(seed)
+    pool = (torch.rand(POOL_SIZE, generator=gen) * 2 - 1).to(device=device, dtype=dtype)  # [P] in U(-1, 1)
+    chunk = POOL_SIZE // 2
+    params = list(unet.named_parameters())
+    with tqdm(total=sum(p.numel() for _, p in params), desc="random weights", unit="param", unit_scale=True,
+              disable=not progress, leave=False) as bar:
+        for name, param in params:
+            flat = param.view(-1)  # [numel]
+            if param.dim() >= 2:
+                scale = 1.0 / math.sqrt(param[0].numel())  # fan_in: in_features (x kernel area)
+            elif name.endswith("weight"):
+                flat.fill_(1.0)
+                bar.update(flat.numel())
+                continue
+            else:
+                scale = 0.02
+            for start in range(0, flat.numel(), chunk):
+                piece = flat[start : start + chunk]
+                offset = int(torch.randint(0, POOL_SIZE - piece.numel() + 1, (1,), generator=gen))
+                torch.mul(pool[offset : offset + piece.numel()], scale, out=piece)
+            bar.update(flat.numel())
+    return unet
 
 
 @dataclass
 class Selection:
-    """One pruning block's token selection at one step, for batch element 0."""
+    """One pruning block's token selection at one step (0-based), for batch element 0."""
 
     step: int
     block: str
-    grid: tuple[int, int]  # latent rows x columns at the block's level
     scores: torch.Tensor  # [N] G-WPR scores
     kept: torch.Tensor  # [N] bool
 
 
 @dataclass
-class DemoResult:
-    dense_ms: float
-    atedm_ms: float
-    dense_macs: int
-    atedm_macs: int
-    selections: list[Selection] = field(default_factory=list)
+class BlockInfo:
+    """A pruning block, for the picture's row labels (in U-Net order)."""
 
-    @property
-    def speedup(self) -> float:
-        return self.dense_ms / self.atedm_ms
+    name: str
+    stage: str  # "down", "mid" or "up"
+    level: int  # 1: the latent's resolution; each level below halves it
+    index: int  # position within its stage at this level (0-based)
+    count: int  # blocks of its stage at this level
+    layers: int  # transformer layers
+    grid: tuple[int, int]  # token rows x columns
 
 
-def _level_grid(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
+def level_grid(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
     """Token grid of a feature level: each level below the first halves the latent (stride-2, padded conv)."""
     rows, cols = latent_hw
     for _ in range(level - 1):
@@ -49,91 +127,284 @@ def _level_grid(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
     return rows, cols
 
 
-def _denoise(unet, inputs: dict, steps: int, device: torch.device) -> float:
-    """Run ``steps`` Euler steps of a real diffusers scheduler; returns the wall time in ms."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def denoise(unet, inputs: dict, steps: int, device: torch.device) -> float:
+    """Run ``steps`` Euler steps of a real diffusers scheduler; returns the wall time in seconds."""
     from diffusers import EulerDiscreteScheduler
 
     scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     scheduler.set_timesteps(steps, device=device)
-    latents = inputs["sample"] * scheduler.init_noise_sigma
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    latents = inputs["sample"] * scheduler.init_noise_sigma  # [B, 4, h, w]
+    _sync(device)
     start = time.perf_counter()
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            model_in = scheduler.scale_model_input(latents, t)
-            noise = unet(**{**inputs, "sample": model_in, "timestep": t}).sample
-            latents = scheduler.step(noise, t, latents).prev_sample
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
+    for t in scheduler.timesteps:
+        model_in = scheduler.scale_model_input(latents, t)
+        noise = unet(**{**inputs, "sample": model_in, "timestep": t}).sample
+        latents = scheduler.step(noise, t, latents).prev_sample
+    _sync(device)
+    return time.perf_counter() - start
 
 
-def run_demo(scale: str, steps: int, height: int, width: int, config: AtEdmConfig, device: torch.device,
-             seed: int = 0) -> DemoResult:
-    from .flops import count_unet_macs
+@dataclass
+class Trace:
+    """What a traced AT-EDM run did: its blocks in U-Net order, each step's DSAP phase, every selection."""
 
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    unet = build_sdxl_unet(scale, device=device, dtype=dtype, seed=seed)
-    inputs = unet_inputs(unet, 2, height, width, seed=seed)
+    blocks: list[BlockInfo]
+    phases: list[str]  # per step: "prune_less" or "normal"
+    selections: list[Selection]
+
+
+def trace_selections(unet, inputs: dict, steps: int, config: AtEdmConfig, device: torch.device) -> Trace:
+    """Run ``steps`` denoising steps with AT-EDM, recording every selection of batch element 0."""
     latent_hw = tuple(inputs["sample"].shape[-2:])
-    meta_unet = build_sdxl_unet(scale, device="meta")
-    dense_macs = count_unet_macs(meta_unet, height, width, batch=2).total
-    atedm_macs = count_unet_macs(meta_unet, height, width, batch=2, config=config, phase="average", num_steps=steps).total
-
-    _denoise(unet, inputs, 1, device)  # warm-up
-    dense_ms = _denoise(unet, inputs, steps, device)
     selections: list[Selection] = []
     with apply(unet, config) as handle:
+        counts: dict[tuple[str, int], int] = {}
+        for block in handle.blocks:
+            counts[(block.stage, block.level)] = counts.get((block.stage, block.level), 0) + 1
+        seen: dict[tuple[str, int], int] = {}
+        blocks = []
+        for block in handle.blocks:  # U-Net order: down, mid, up
+            key = (block.stage, block.level)
+            seen[key] = seen.get(key, 0) + 1
+            blocks.append(BlockInfo(block.name, block.stage, block.level, seen[key] - 1, counts[key],
+                                    len(block.transformer.transformer_blocks), level_grid(latent_hw, block.level)))
 
-        def record(block, scores, keep_idx):
+        def record(block, scores, keep_idx):  # scores [B, N], keep_idx [B, K]
             kept = torch.zeros(scores.shape[1], dtype=torch.bool)
             kept[keep_idx[0].cpu()] = True
-            grid = _level_grid(latent_hw, block.level)
-            selections.append(Selection(handle.step, block.name, grid, scores[0].float().cpu(), kept))
+            selections.append(Selection(handle.step, block.name, scores[0].float().cpu(), kept))
 
-        _denoise(unet, inputs, 1, device)  # warm-up
-        atedm_ms = _denoise(unet, inputs, steps, device)
-        handle.reset()
         handle.observe(record)
-        _denoise(unet, inputs, steps, device)  # traced run, not timed
-    return DemoResult(dense_ms, atedm_ms, dense_macs, atedm_macs, selections)
+        denoise(unet, inputs, steps, device)
+        phases = [r.phase for r in handle.stats()]
+    return Trace(blocks, phases, selections)
 
 
-def draw_selections(selections: list[Selection], path: Path, max_steps: int = 4) -> Path:
-    """Save a grid of heat maps: one row per pruning block; per chosen step its G-WPR scores and its mask."""
-    import matplotlib
+@dataclass
+class Variant:
+    """Timed runs of one variant: each run is ``steps`` denoising steps."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    label: str
+    macs_per_step: int
+    steps: int
+    seconds: list[float] = field(default_factory=list)
 
-    steps = sorted({s.step for s in selections})
-    if len(steps) > max_steps:  # spread the shown steps over the run
-        steps = [steps[round(i * (len(steps) - 1) / (max_steps - 1))] for i in range(max_steps)]
-    blocks = list(dict.fromkeys(s.block for s in selections))
-    by_key = {(s.block, s.step): s for s in selections}
-    fig, axes = plt.subplots(len(blocks), 2 * len(steps), figsize=(2.2 * 2 * len(steps), 2.2 * len(blocks)),
-                             squeeze=False)
-    for r, block in enumerate(blocks):
-        for c, step in enumerate(steps):
-            score_ax, mask_ax = axes[r, 2 * c], axes[r, 2 * c + 1]
-            for ax in (score_ax, mask_ax):
-                ax.set_xticks([])
-                ax.set_yticks([])
-            sel = by_key.get((block, step))
-            if sel is None:
-                score_ax.text(0.5, 0.5, "dense", ha="center", va="center")
-                mask_ax.text(0.5, 0.5, "dense", ha="center", va="center")
-                continue
-            score_ax.imshow(sel.scores.view(sel.grid).numpy(), cmap="viridis")
-            mask_ax.imshow(sel.kept.view(sel.grid).numpy(), cmap="gray", vmin=0, vmax=1)
-            if r == 0:
-                score_ax.set_title(f"step {step}: G-WPR", fontsize=9)
-                mask_ax.set_title(f"step {step}: kept", fontsize=9)
-        axes[r, 0].set_ylabel(block.replace(".attentions.", "\nattn "), fontsize=8)
-    fig.suptitle("AT-EDM token selection (batch element 0): scores, and kept tokens in white", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))  # leave the top strip to the title
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    @property
+    def total(self) -> float:
+        return sum(self.seconds)
+
+    @property
+    def per_step(self) -> float:
+        return self.total / (len(self.seconds) * self.steps)
+
+
+def run_order(repeats: int) -> list[str]:
+    """Alternating order of the timed runs: dense, atedm, atedm, dense, dense, atedm, ..."""
+    order = []
+    for r in range(repeats):
+        order += ["dense", "atedm"] if r % 2 == 0 else ["atedm", "dense"]
+    return order
+
+
+class BlockProgress:
+    """A tqdm bar that ticks after every resnet and attention block of a U-Net forward."""
+
+    def __init__(self, unet, calls: int, enabled: bool = True) -> None:
+        from tqdm.auto import tqdm
+
+        modules = [m for m in unet.modules() if type(m).__name__ in PROGRESS_MODULES]
+        self.bar = tqdm(total=calls * len(modules), unit="block", disable=not enabled, leave=False)
+        self.hooks = [m.register_forward_hook(self._tick) for m in modules]
+
+    def _tick(self, *_) -> None:  # a forward hook must return None, or it replaces the module's output
+        self.bar.update(1)
+
+    def describe(self, text: str) -> None:
+        self.bar.set_description(text)
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.bar.close()
+
+
+def _macs(unet_cfg: dict, size: int, config: AtEdmConfig | None, steps: int) -> int:
+    from diffusers import UNet2DConditionModel
+
+    from .flops import count_unet_macs
+
+    with torch.device("meta"):
+        meta = UNet2DConditionModel(**unet_cfg)
+    if config is None:
+        return count_unet_macs(meta, size, size, batch=CFG_BATCH).total
+    return count_unet_macs(meta, size, size, batch=CFG_BATCH, config=config, phase="average", num_steps=steps).total
+
+
+@dataclass
+class DemoSettings:
+    scale: str  # the timed model: "full" or "tiny"
+    size: int  # pixels (square) of the timed runs
+    steps: int  # denoising steps per timed run
+    repeats: int  # timed runs per variant
+    config: AtEdmConfig  # AT-EDM of the timed runs
+    picture_steps: int
+    picture_config: AtEdmConfig
+    picture_size: int
+    device: torch.device
+    out: Path
+    warmup_size: int  # pixels of the warm-up step the estimate is scaled from
+    seed: int = 0
+    progress: bool = True
+    unet_config: dict | None = None  # overrides scale's config (tests run the full-scale path on a small one)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def memory_needed(settings: DemoSettings) -> int:
+    """Bytes the timed CPU runs need: float32 weights, plus activations that grow with the pixel count (measured:
+    11.0 GB peak resident for the full model at 512 px, weights 10.3 GB)."""
+    weights = parameter_bytes(settings.unet_config or unet_config(settings.scale), torch.float32)
+    return int(1.05 * weights + 0.5e9 * (settings.size / 512) ** 2 + 0.5e9)
+
+
+def check_memory(settings: DemoSettings) -> None:
+    """On a CPU, refuse in one line (naming --scale) a run that cannot fit in the available memory."""
+    if settings.device.type != "cpu":
+        return
+    available, needed = available_memory(), memory_needed(settings)
+    if available is not None and available < needed:
+        raise ValueError(
+            f"--scale {settings.scale} at {settings.size} px needs about {needed / 1e9:.0f} GB of free memory, "
+            f"{available / 1e9:.1f} GB are available: free memory, lower --size, or use --scale tiny"
+        )
+
+
+@dataclass
+class DemoResult:
+    dense: Variant
+    atedm: Variant
+    picture: Path
+    estimate_seconds: float  # of all timed runs, printed before them
+    build_seconds: float
+
+    @property
+    def speedup(self) -> float:
+        return self.dense.per_step / self.atedm.per_step
+
+
+def atedm_label(phases: list[str]) -> str:
+    """What the AT-EDM runs timed, from their steps' DSAP phases."""
+    prune_less = phases.count("prune_less")
+    if prune_less == 0:
+        return "AT-EDM normal step" if len(phases) == 1 else f"AT-EDM, {len(phases)} normal steps"
+    return f"AT-EDM, DSAP mean of {len(phases)} steps ({prune_less} prune-less)"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def run(settings: DemoSettings, echo: Callable[[str], None] = print) -> DemoResult:
+    """Both parts of the demo, printing as it goes; returns the timings and the picture's path."""
+    from .demo_picture import draw_selections
+
+    device, dtype = settings.device, (torch.float16 if settings.device.type == "cuda" else torch.float32)
+    cfg = settings.unet_config or unet_config(settings.scale)
+    model_name = ("SD-XL base's full U-Net architecture" if settings.scale == "full"
+                  else "a tiny U-Net with SD-XL's block structure")
+
+    # Part 1: the picture, from the tiny model on a CPU (cheap), from the timed model on a GPU (after part 2).
+    def picture(unet, size: int, label: str) -> Path:
+        echo(f"[picture] {label}, random weights, {size}x{size} px, {settings.picture_steps} Euler steps with AT-EDM "
+             f"(keep_ratio {settings.picture_config.keep_ratio})")
+        inputs = unet_inputs(unet, CFG_BATCH, size, size, seed=settings.seed)
+        trace = trace_selections(unet, inputs, settings.picture_steps, settings.picture_config, device)
+        path = draw_selections(trace, settings.out / "atedm_masks.png", model=f"{label}, {size}x{size} px",
+                               keep_ratio=settings.picture_config.keep_ratio)
+        echo(f"[picture] wrote {path}: G-WPR scores and kept tokens of every pruning block at every step")
+        return path
+
+    picture_path = None
+    if device.type == "cpu":
+        tiny = build_sdxl_unet("tiny", device=device, seed=settings.seed)
+        picture_path = picture(tiny, settings.picture_size, "tiny SD-XL-architecture U-Net")
+        del tiny
+
+    # Part 2: the speed.
+    order = run_order(settings.repeats)
+    echo(f"[speed] {model_name}, random weights, {settings.size}x{settings.size} px, batch {CFG_BATCH} (one image "
+         f"with classifier-free guidance), {str(dtype).removeprefix('torch.')} on {device}"
+         + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+         + f"; {settings.steps} Euler step(s) per run, runs in the order {', '.join(order)}")
+    dense = Variant("dense", _macs(cfg, settings.size, None, settings.steps), settings.steps)
+    atedm = Variant("AT-EDM", _macs(cfg, settings.size, settings.config, settings.steps), settings.steps)
+    start = time.perf_counter()
+    unet = build_random_unet(cfg, device, dtype, seed=settings.seed, progress=settings.progress)
+    build_seconds = time.perf_counter() - start
+    count = sum(p.numel() for p in unet.parameters())
+    count_text = f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.1f} M"
+    echo(f"[speed] built the U-Net: {count_text} random parameters in {build_seconds:.1f} s")
+
+    # Warm-up (first-call set-up, kernel compilation), then one timed step of each at the warm-up size.
+    warm = unet_inputs(unet, CFG_BATCH, settings.warmup_size, settings.warmup_size, seed=settings.seed)
+    denoise(unet, warm, 1, device)
+    with apply(unet, settings.config):  # one step: the phase of the runs' first step
+        denoise(unet, warm, 1, device)
+        warm_atedm = denoise(unet, warm, 1, device)
+    warm_dense = denoise(unet, warm, 1, device)
+    scale_dense = dense.macs_per_step / _macs(cfg, settings.warmup_size, None, 1)
+    scale_atedm = atedm.macs_per_step / _macs(cfg, settings.warmup_size, settings.config, 1)
+    est_dense, est_atedm = warm_dense * scale_dense, warm_atedm * scale_atedm
+    estimate = settings.steps * sum(est_dense if v == "dense" else est_atedm for v in order)
+    echo(f"[speed] warm-up step at {settings.warmup_size}x{settings.warmup_size} px: dense {warm_dense:.2f} s, "
+         f"AT-EDM {warm_atedm:.2f} s; estimate at {settings.size}x{settings.size} px (scaled by MACs): dense "
+         f"~{est_dense:.1f} s per step, AT-EDM ~{est_atedm:.1f} s per step, about {_minutes(estimate)} in all")
+
+    inputs = unet_inputs(unet, CFG_BATCH, settings.size, settings.size, seed=settings.seed)
+    progress = BlockProgress(unet, len(order) * settings.steps, settings.progress)
+    try:
+        for i, variant in enumerate(order):
+            progress.describe(f"run {i + 1}/{len(order)} ({'dense' if variant == 'dense' else 'AT-EDM'})")
+            if variant == "dense":
+                dense.seconds.append(denoise(unet, inputs, settings.steps, device))
+            else:
+                with apply(unet, settings.config) as handle:
+                    atedm.seconds.append(denoise(unet, inputs, settings.steps, device))
+                    atedm.label = atedm_label([r.phase for r in handle.stats()])
+    finally:
+        progress.close()
+    if picture_path is None:
+        picture_path = picture(unet, settings.size, model_name)
+    return DemoResult(dense, atedm, picture_path, estimate, build_seconds)
+
+
+def speed_table(result: DemoResult) -> str:
+    """The timings: MACs per step, time per step, total time of all runs, speed-up per step."""
+    runs, steps = len(result.dense.seconds), result.dense.steps
+    width = max(len(v.label) for v in (result.dense, result.atedm)) + 2
+    total = f"total ({runs} run{'s' * (runs > 1)} x {steps} step{'s' * (steps > 1)})"
+    lines = [f"{'':{width}}{'MACs per step':>15}{'time per step':>15}{total:>28}{'speed-up':>10}"]
+    for v in (result.dense, result.atedm):
+        lines.append(f"{v.label:{width}}{v.macs_per_step / 1e9:>13.1f} G{v.per_step:>13.2f} s{v.total:>26.1f} s"
+                     f"{result.dense.per_step / v.per_step:>9.2f}x")
+    each = "; ".join(f"{name} " + ", ".join(f"{s:.1f}" for s in v.seconds) + " s"
+                     for name, v in (("dense", result.dense), ("AT-EDM", result.atedm)))
+    lines.append(f"each run: {each}")
+    lines.append(f"MACs saved per step: {1 - result.atedm.macs_per_step / result.dense.macs_per_step:.1%}")
+    return "\n".join(lines)

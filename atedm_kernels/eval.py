@@ -69,8 +69,16 @@ def load_clip(model_name_or_path: str, device: torch.device):
     local cache only."""
     from transformers import CLIPModel, CLIPProcessor
 
-    model = CLIPModel.from_pretrained(model_name_or_path, local_files_only=True).to(device).eval()
-    processor = CLIPProcessor.from_pretrained(model_name_or_path, local_files_only=True)
+    from .generate import ModelNotAvailableError, quiet_loading, resolve_model
+
+    name = resolve_model(model_name_or_path, "config.json", "CLIP model")
+    try:
+        with quiet_loading():
+            model = CLIPModel.from_pretrained(name, local_files_only=True).to(device).eval()
+            processor = CLIPProcessor.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelNotAvailableError(f"CLIP model {name!r} could not be loaded: {first}") from exc
     return PooledClip(model), processor
 
 

@@ -107,11 +107,11 @@ class MacsReport:
     def table(self) -> str:
         """A fixed-width table: one row per unit (MACs in G, share of the total, N->K where pruned), then sums."""
         lines = [self.label] if self.label else []
-        header = f"{'module':<34}{'GMACs':>12}{'share':>8}  tokens"
+        header = f"{'module':<34}{'GMACs':>12}{'share':>8}" + ("  tokens N->K" if self.tokens else "")  # dense: none
         lines += [header, "-" * len(header)]
         for name, macs in self.blocks.items():
-            tokens = f"{self.tokens[name][0]}->{self.tokens[name][1]}" if name in self.tokens else ""
-            lines.append(f"{name:<34}{macs / 1e9:>12.2f}{100 * macs / self.total:>7.1f}%  {tokens}")
+            tokens = f"  {self.tokens[name][0]}->{self.tokens[name][1]}" if name in self.tokens else ""
+            lines.append(f"{name:<34}{macs / 1e9:>12.2f}{100 * macs / self.total:>7.1f}%{tokens}")
         lines.append("-" * len(header))
         for name, macs in [*self.groups().items(), *self.kinds.items()]:
             lines.append(f"{name:<34}{macs / 1e9:>12.2f}{100 * macs / self.total:>7.1f}%")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import torch
 
 
 class ModelNotAvailableError(RuntimeError):
-    """The pipeline is neither a local folder nor already in the Hugging Face cache."""
+    """The model is neither a local folder nor already in the Hugging Face cache (nothing is ever downloaded)."""
 
 
 @dataclass
@@ -22,28 +24,69 @@ class Generated:
     macs_per_step: int | None
 
 
-def load_pipeline(model: str, device: torch.device):
-    """A ``StableDiffusionXLPipeline`` from a local folder or the local cache only (never downloads)."""
+def how_to_get(model: str) -> str:
+    """The one-line advice for weights that are not on this machine."""
+    folder = model.rstrip("/").split("/")[-1] or "model"
+    return (f"on a machine with internet, run `hf download {model} --local-dir {folder}` (older huggingface_hub: "
+            f"`huggingface-cli download`), copy the folder here and pass its path")
+
+
+def _in_hub_cache(repo_id: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, filename), str)
+    except ValueError:  # not a valid hub id either (HFValidationError)
+        return False
+
+
+def resolve_model(model: str, marker: str, what: str) -> str:
+    """``model`` as a local folder path or a cached hub id holding ``marker``; else ModelNotAvailableError."""
     path = Path(model).expanduser()
     if path.is_file():
-        raise ModelNotAvailableError(
-            f"model {model!r} is a single file: pass a diffusers pipeline folder (StableDiffusionXLPipeline."
-            "from_single_file converts a checkpoint into one)"
-        )
-    if model.startswith((".", "/", "~")) and not path.is_dir():
-        raise ModelNotAvailableError(f"model folder {model!r} does not exist")
+        hint = " (StableDiffusionXLPipeline.from_single_file converts a checkpoint into one)" * (what == "model")
+        raise ModelNotAvailableError(f"{what} {model!r} is a single file: pass a saved {what} folder{hint}")
     if path.is_dir():
-        model = str(path)
+        if not (path / marker).is_file():
+            raise ModelNotAvailableError(f"{what} folder {model!r} has no {marker}: not a saved {what}")
+        return str(path)
+    if model.startswith((".", "/", "~")):
+        raise ModelNotAvailableError(f"{what} folder {model!r} does not exist")
+    if not _in_hub_cache(model, marker):
+        raise ModelNotAvailableError(
+            f"{what} {model!r} is not a local folder and not in the Hugging Face cache (atedm never downloads): "
+            + how_to_get(model)
+        )
+    return model
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Library warnings and info logs while loading weights stay off the command line."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def load_pipeline(model: str, device: torch.device):
+    """A ``StableDiffusionXLPipeline`` from a local folder or the local cache only (never downloads)."""
+    model = resolve_model(model, "model_index.json", "model")  # before importing diffusers: a bad path fails fast
     from diffusers import StableDiffusionXLPipeline
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise ModelNotAvailableError(
-            f"model {model!r} is not available locally (not a pipeline folder and not in the Hugging Face cache): "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        ) from exc
+        with quiet_loading():
+            pipe = StableDiffusionXLPipeline.from_pretrained(model, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelNotAvailableError(f"model {model!r} could not be loaded as an SD-XL pipeline: {first}") from exc
     return pipe.to(device)
 
 
@@ -85,6 +128,11 @@ def generate_images(pipe, prompts: list[str], methods: dict, *, seed: int, steps
     return results
 
 
+def macs_text(macs: int) -> str:
+    """``6.76 T MACs/step``; below a T, in G (a tiny model's ``0.06 G``, not ``0.00 T``)."""
+    return f"{macs / 1e12:.2f} T MACs/step" if macs >= 1e12 else f"{macs / 1e9:.2f} G MACs/step"
+
+
 def side_by_side(results: list[Generated]):
     """One row per prompt, one column per method, with time and MACs written under each image."""
     from PIL import Image, ImageDraw
@@ -101,7 +149,7 @@ def side_by_side(results: list[Generated]):
             r = by_key[(prompt, method)]
             x, y = col * width, row * (height + caption)
             grid.paste(r.image, (x, y))
-            macs = f"{r.macs_per_step / 1e12:.2f} T MACs/step" if r.macs_per_step else "MACs n/a"
+            macs = macs_text(r.macs_per_step) if r.macs_per_step else "MACs n/a"
             draw.text((x + 4, y + height + 2), f"{method}: {r.seconds:.2f} s", fill="black")
             draw.text((x + 4, y + height + 18), macs, fill="black")
     return grid

@@ -165,7 +165,7 @@ def _check_square_map(name: str, amap) -> None:
 def _check_gwpr(amap, num_iters, damping, backend) -> None:
     check_backend("gwpr", backend)
     _check_square_map("amap", amap)
-    check_int("num_iters", num_iters, 0)
+    check_int("num_iters", num_iters, 1)  # 0 iterations would return the uniform start: no ranking at all
     check_float("damping", damping, 0.0, 1.0)
 
 
@@ -191,7 +191,7 @@ def _check_gwpr_cross(ca_map, num_iters, kind, backend) -> None:
     check_tensor("ca_map", ca_map, 3, MAP_DTYPES, layout="[B, N, L]")
     if ca_map.shape[1] == 0 or ca_map.shape[2] == 0:
         raise ValueError(f"ca_map must have N >= 1 and L >= 1, got shape {tuple(ca_map.shape)}")
-    check_int("num_iters", num_iters, 0)
+    check_int("num_iters", num_iters, 1)
     if not isinstance(kind, str) or kind not in GWPR_CROSS_KINDS:
         raise ValueError(f"kind must be one of {GWPR_CROSS_KINDS}, got {kind!r}")
 
@@ -365,7 +365,7 @@ def gwpr(amap, num_iters, damping=0.0, *, backend="auto"):
     """G-WPR token scores ``[B, N]`` (float32) from a self-attention map ``[B, N, N]``.
 
     ``s_0 = 1/N``; ``s_{t+1}[j] = (1 - damping) * sum_i amap[i, j] * s_t[i] + damping / N``; returns ``s_T`` with
-    ``T = num_iters``. Backends: "auto", "reference", "cuda".
+    ``T = num_iters >= 1`` (like ``AtEdmConfig.num_iters``). Backends: "auto", "reference", "cuda".
     """
     _check_gwpr(amap, num_iters, damping, backend)
     return torch.ops.atedm.gwpr(amap, num_iters, damping, backend)
@@ -374,7 +374,7 @@ def gwpr(amap, num_iters, damping=0.0, *, backend="auto"):
 def gwpr_cross(ca_map, num_iters, kind="entropy", *, backend="auto"):
     """Cross-attention G-WPR query scores ``[B, N]`` from ``ca_map [B, N, L]``.
 
-    ``s_Q = 1/N``; repeat ``num_iters`` times: ``s_K = ca_map^T s_Q``, ``s_Q = f(ca_map, s_K)``, normalised to sum
+    ``s_Q = 1/N``; repeat ``num_iters >= 1`` times: ``s_K = ca_map^T s_Q``, ``s_Q = f(ca_map, s_K)``, normalised to sum
     1, with ``kind`` selecting ``f``: "entropy", "hard_clip", "soft_clip" or "power". Reference backend only.
     """
     _check_gwpr_cross(ca_map, num_iters, kind, backend)

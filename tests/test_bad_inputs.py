@@ -35,11 +35,13 @@ CASES = [
     (lambda: ak.gwpr(torch.rand(2, 9, 8), 3), ValueError, "amap"),
     (lambda: ak.gwpr(AMAP.double(), 3), TypeError, "amap"),
     (lambda: ak.gwpr(AMAP, -1), ValueError, "num_iters"),
+    (lambda: ak.gwpr(AMAP, 0), ValueError, "num_iters"),  # like AtEdmConfig(num_iters=0): no ranking at all
     (lambda: ak.gwpr(AMAP, 2.5), TypeError, "num_iters"),
     (lambda: ak.gwpr(AMAP, 3, damping=1.5), ValueError, "damping"),
     (lambda: ak.gwpr(AMAP, 3, backend="triton"), ValueError, "backend"),
     (lambda: ak.gwpr_cross(torch.rand(2, 9, 4), 3, kind="median"), ValueError, "kind"),
     (lambda: ak.gwpr_cross(torch.rand(9, 4), 3), ValueError, "ca_map"),
+    (lambda: ak.gwpr_cross(torch.rand(2, 9, 4), 0), ValueError, "num_iters"),
     (lambda: ak.select_tokens(SCORES, 0), ValueError, "keep"),
     (lambda: ak.select_tokens(SCORES, 10), ValueError, "keep"),
     (lambda: ak.select_tokens(SCORES, True), TypeError, "keep"),
@@ -86,3 +88,12 @@ def test_env_backend_is_validated(monkeypatch):
     monkeypatch.setenv("ATEDM_BACKEND", "fastest")
     with pytest.raises(ValueError, match="ATEDM_BACKEND"):
         ak.gwpr(AMAP, 2)
+
+
+@pytest.mark.parametrize("op,arg", [(ak.gwpr, AMAP), (ak.gwpr_cross, torch.rand(2, 9, 4))], ids=["gwpr", "cross"])
+def test_zero_iterations_refused_by_the_fake_too(op, arg):
+    """``num_iters=0`` would return the uniform start (no ranking); AtEdmConfig refuses it, so the ops do too."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True), pytest.raises(ValueError, match="num_iters must be >= 1, got 0"):
+        op(arg, 0)
