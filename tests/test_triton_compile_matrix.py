@@ -32,7 +32,7 @@ def _script(*args, timeout=600):
 
 def test_subset_compiles_fits_and_does_not_spill(tmp_path):
     out = tmp_path / "subset.json"
-    run = _script("--subset", "--out", str(out))
+    run = _script("--subset", "--out", str(out), timeout=1800)  # 18 compiles: 2-3 min here, 10+ on a loaded machine
     assert run.returncode == 0, run.stdout + run.stderr
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 18 and all(r["error"] is None and r["registers"] > 0 and r["shared"] > 0 for r in rows)
