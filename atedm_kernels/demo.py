@@ -234,6 +234,12 @@ class BlockProgress:
         self.bar.close()
 
 
+def timed_phase(steps: int) -> str | None:
+    """The DSAP phase AT-EDM's timed runs are pinned to: "normal" for one step per run (DSAP makes the first 30% of
+    a run's steps prune-less, so a 1-step run would time only the prune-less phase), else None: the real schedule."""
+    return "normal" if steps == 1 else None
+
+
 def _macs(unet_cfg: dict, size: int, config: AtEdmConfig | None, steps: int) -> int:
     from diffusers import UNet2DConditionModel
 
@@ -243,7 +249,8 @@ def _macs(unet_cfg: dict, size: int, config: AtEdmConfig | None, steps: int) -> 
         meta = UNet2DConditionModel(**unet_cfg)
     if config is None:
         return count_unet_macs(meta, size, size, batch=CFG_BATCH).total
-    return count_unet_macs(meta, size, size, batch=CFG_BATCH, config=config, phase="average", num_steps=steps).total
+    phase = timed_phase(steps) or "average"
+    return count_unet_macs(meta, size, size, batch=CFG_BATCH, config=config, phase=phase, num_steps=steps).total
 
 
 @dataclass
@@ -364,7 +371,12 @@ def run(settings: DemoSettings, echo: Callable[[str], None] = print) -> DemoResu
     # Warm-up (first-call set-up, kernel compilation), then one timed step of each at the warm-up size.
     warm = unet_inputs(unet, CFG_BATCH, settings.warmup_size, settings.warmup_size, seed=settings.seed)
     denoise(unet, warm, 1, device)
-    with apply(unet, settings.config):  # one step: the phase of the runs' first step
+    phase = timed_phase(settings.steps)
+    if phase is not None:
+        echo(f"[speed] one step per run: AT-EDM is timed in its {phase} phase (a 1-step run would be all prune-less "
+             "under DSAP, which keeps the first 30% of a run's steps lighter); --steps N times a whole N-step schedule")
+    with apply(unet, settings.config) as handle:  # one step: the phase of the timed runs' first step
+        handle.pin_phase(phase)
         denoise(unet, warm, 1, device)
         warm_atedm = denoise(unet, warm, 1, device)
     warm_dense = denoise(unet, warm, 1, device)
@@ -385,6 +397,7 @@ def run(settings: DemoSettings, echo: Callable[[str], None] = print) -> DemoResu
                 dense.seconds.append(denoise(unet, inputs, settings.steps, device))
             else:
                 with apply(unet, settings.config) as handle:
+                    handle.pin_phase(phase)
                     atedm.seconds.append(denoise(unet, inputs, settings.steps, device))
                     atedm.label = atedm_label([r.phase for r in handle.stats()])
     finally:

@@ -45,7 +45,8 @@ def test_unet_e2e_smoke(tmp_path, capsys):
     for name in ("atedm-normal", "atedm-prune-less", "atedm-dagger"):
         split, overhead = rows[name]["split_ms"], rows[name]["pruning_overhead"]
         assert all(split[op] > 0 for op in e2e.KERNEL_OPS), split
-        assert overhead["replaced_sdpa_ms"] > 0 and 0 < overhead["fraction_of_call"] < 1
+        # the extra cost may be negative on the tiny model (the map kernel can beat SDPA at tiny sizes)
+        assert overhead["replaced_sdpa_ms"] > 0 and abs(overhead["fraction_of_call"]) < 1
     assert rows["dense"]["split_ms"]["attention_with_map"] == 0 and "pruning_overhead" not in rows["dense"]
 
 

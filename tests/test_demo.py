@@ -79,7 +79,7 @@ def test_full_scale_code_path_on_a_small_config(tmp_path):
     estimate first, labelled times."""
     lines = []
     settings = DemoSettings(
-        scale="full", size=96, steps=1, repeats=2, config=AtEdmConfig(prune_less_steps=0), picture_steps=2,
+        scale="full", size=96, steps=1, repeats=2, config=AtEdmConfig(), picture_steps=2,  # the CLI's default config
         picture_config=AtEdmConfig(prune_less_steps=1), picture_size=64, device=CPU, out=tmp_path,
         warmup_size=64, progress=False, unet_config=tiny_unet_config(),
     )
@@ -87,7 +87,9 @@ def test_full_scale_code_path_on_a_small_config(tmp_path):
     assert len(result.dense.seconds) == 2 and len(result.atedm.seconds) == 2
     assert result.atedm.label == "AT-EDM normal step" and result.atedm.macs_per_step < result.dense.macs_per_step
     assert result.estimate_seconds > 0 and result.picture.exists()
+    # one step per run: timed in DSAP's normal phase (a 1-step run is all prune-less), and the output says so
+    assert any("timed in its normal phase" in line for line in lines)
     estimate_line = next(i for i, line in enumerate(lines) if "estimate" in line)
-    assert "SD-XL base's full U-Net architecture" in lines[estimate_line - 2]
+    assert "SD-XL base's full U-Net architecture" in lines[estimate_line - 3]
     table = speed_table(result)
     assert "time per step" in table and "total (2 runs x 1 step)" in table and "speed-up" in table
