@@ -132,7 +132,6 @@ def archs_run_on(archs: str, capability: int) -> bool:
     return False
 
 
-
 def cpu_unavailable_reason(device: torch.device) -> str | None:
     """Why the CPU kernels cannot run on ``device`` (``None`` when they can): they are for non-CUDA tensors."""
     if device.type == "cuda":

@@ -59,7 +59,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backend", default="auto", choices=list(BACKENDS))
 
 
-def _config(args: argparse.Namespace, steps: int | None = None):
+def _config(args: argparse.Namespace):
     from .sdxl import AtEdmConfig
 
     return AtEdmConfig(  # no --prune-less-steps: the config's prune_less_fraction (the paper's 15 of 50 steps)
@@ -86,13 +86,13 @@ def _method_list(text: str) -> list[str]:
     return methods
 
 
-def _methods(args: argparse.Namespace, steps: int) -> dict:
+def _methods(args: argparse.Namespace) -> dict:
     """``{method: config}`` to compare against dense, from ``--method`` / ``--no-atedm``."""
     if args.no_atedm:
         if args.method is not None:
             raise ValueError("--no-atedm (dense only) cannot be combined with --method")
         return {}
-    return {m: (_config(args, steps) if m == "atedm" else _sito_config(args)) for m in args.method or ["atedm"]}
+    return {m: (_config(args) if m == "atedm" else _sito_config(args)) for m in args.method or ["atedm"]}
 
 
 def _meta_macs(unet_config: dict, height: int, width: int, methods: dict, steps: int,
@@ -131,8 +131,8 @@ def _demo_settings(args: argparse.Namespace):
             raise ValueError(f"{flag} must be {rule}, got {value}")
     return DemoSettings(
         scale=args.scale, size=size, steps=steps, repeats=args.repeats or (2 if cpu_full else 1),
-        config=_config(args, steps), picture_steps=args.picture_steps,
-        picture_config=_config(args, args.picture_steps), picture_size=args.picture_size, device=device,
+        config=_config(args), picture_steps=args.picture_steps,
+        picture_config=_config(args), picture_size=args.picture_size, device=device,
         out=Path(args.out), warmup_size=128 if cpu_full else size, seed=args.seed,
     )
 
@@ -163,7 +163,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     _check_prompts(args.prompt)
     device = _device(args.device)
-    methods = {"dense": None, **_methods(args, args.steps)}  # bad flags fail here, before a pipeline loads
+    methods = {"dense": None, **_methods(args)}  # bad flags fail here, before a pipeline loads
     pipe = load_pipeline(args.model, device)
     pipe.set_progress_bar_config(disable=not sys.stderr.isatty())
     batch = 2 if args.guidance > 1 else 1  # the pipeline batches the unconditional half only with guidance
@@ -195,7 +195,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     from .sdxl import build_sdxl_unet
 
     meta = build_sdxl_unet(args.scale, device="meta")
-    config = _config(args, args.num_steps)
+    config = _config(args)
     dense = count_unet_macs(meta, args.height, args.width, batch=args.batch)
     reports = {phase: count_unet_macs(meta, args.height, args.width, batch=args.batch, config=config, phase=phase,
                                       num_steps=args.num_steps) for phase in ("normal", "prune_less", "average")}
@@ -224,7 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                 'pip install "atedm-kernels[fid]", or pass --fid-feature clip')
     captions = read_captions(args.captions, args.num)
     _check_prompts(captions)
-    methods = _methods(args, args.steps)  # bad flags fail here, before a pipeline loads
+    methods = _methods(args)  # bad flags fail here, before a pipeline loads
     resolve_model(args.clip_model, "config.json", "CLIP model")  # and a CLIP that is not here
     device = _device(args.device) if args.device else PartialState().device
     pipe = load_pipeline(args.model, device)
