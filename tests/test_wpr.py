@@ -154,6 +154,21 @@ def test_cross_wpr_composes_with_the_users_cross_attention_processor(wpr):
     assert (plain - dense).abs().max() > 1e-3  # it pruned
 
 
+def test_cross_wpr_with_a_zeroed_negative_prompt_keeps_the_first_tokens():
+    """SD-XL zeroes an empty negative prompt: the unconditional half's keys are zero, its cross map uniform, so its
+    cross scores all tie and it keeps its first K tokens (as README says); the conditional half ranks by its map."""
+    pipe = build_tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    _sharpen_cross_attention(pipe.unet)
+    kept = []  # keep_idx [2, K] per pruning call, unconditional half first
+    with apply(pipe, AtEdmConfig(wpr="entropy", prune_less_steps=0)) as handle:
+        handle.observe(lambda block, scores, keep_idx: kept.append(keep_idx))
+        pipe("a red cube", num_inference_steps=1, height=64, width=64, output_type="np")
+    assert len(kept) == 11
+    assert all(torch.equal(keep_idx[0], torch.arange(keep_idx.shape[1])) for keep_idx in kept)
+    assert not all(torch.equal(keep_idx[1], torch.arange(keep_idx.shape[1])) for keep_idx in kept)
+
+
 def test_wpr_self_leaves_cross_attention_alone():
     """The default ("self", today's behaviour) never wraps a cross-attention processor."""
     unet = build_sdxl_unet("tiny", seed=5)
