@@ -1,18 +1,30 @@
 """The pruning layer of one attention block (a diffusers ``Transformer2DModel`` with 2 or more layers).
 
-Inside the block's first ``BasicTransformerBlock``:
+Inside the block's first ``BasicTransformerBlock`` (self-attention ``attn1``, text cross-attention ``attn2``,
+feed-forward, each with its residual add):
 
 1. its self-attention (``attn1``) runs through ``attention_with_map``, which also yields the head-averaged map
-   ``amap`` [B, N, N];
-2. after that layer's feed-forward, ``gwpr`` scores the N tokens, ``select_tokens`` keeps the top K, and
-   ``similarity_sources`` picks, for every pruned token, the kept token that attended to it most;
-   ``gather_tokens`` hands the K kept tokens [B, K, C] to the block's remaining layers;
+   ``amap`` [B, N, N]; with a cross-attention ``wpr`` (see below) its cross-attention (``attn2``) does too, giving
+   ``ca_map`` [B, N, L] (N image-token queries, L text-token keys);
+2. after that layer's feed-forward, ``gwpr`` (or ``gwpr_cross`` on ``ca_map``) scores the N tokens,
+   ``select_tokens`` keeps the top K, and ``similarity_sources`` picks, for every pruned token, the kept token that
+   attended to it most; ``gather_tokens`` hands the K kept tokens [B, K, C] to the block's remaining layers;
 3. after ``proj_out`` (linear projection, SD-XL) or after the last layer (convolutional projection, SD 1.x/2.x),
    ``recover_tokens`` restores N tokens, before the residual add and the reshape to [B, C, H, W].
 
+Cross-attention G-WPR (``AtEdmConfig.wpr`` other than "self"): the map is the pruning layer's own ``attn2`` map.
+Pruning happens after that layer's feed-forward, so both of its attentions have run on all N tokens and both maps
+describe the same tokens the mask is applied to; ``attn2``'s map is the one step between the self-attention and
+the mask, and row i says which of the L prompt tokens image token i reads (``gwpr_cross`` ranks image tokens by how
+much they attend to prompt tokens that many image tokens attend to). It is taken in the same fused pass as the
+attention output (one ``attention_with_map`` over L keys instead of SDPA: a [B, N, L] map costs little next to
+the [B, N, N] one). Recovery still needs the self-attention map: a cross map has no token-to-token entries, and a
+pruned token must copy the kept token that attended to it most (SPEC), so ``attn1`` keeps emitting ``amap`` and
+``similarity_sources`` reads it, whatever ``wpr`` scores with.
+
 Each batch element (both classifier-free-guidance halves included) gets its own mask. When the block is not
 ``active`` (DSAP's prune-less steps), every piece defers to diffusers' own code and the user's processor, so the
-block is exactly dense. The pruning processor sits in front of the user's processor only during a pruning call
+block is exactly dense. The pruning processors sit in front of the user's processors only during a pruning call
 (:mod:`.processors`); the block's hooks live until ``remove()``.
 """
 
@@ -30,8 +42,9 @@ from .processors import CallWrapper, call_processor, is_fused_processor, plain_p
 
 
 class PruningAttnProcessor(CallWrapper):
-    """Self-attention processor of a pruning layer during a pruning call: the block's output and its head-averaged
-    map ``amap`` [B, N, N], handed to the block for G-WPR.
+    """Processor of a pruning layer's attention during a pruning call: the attention's output, and its head-averaged
+    map handed to the block: [B, N, N] for the self-attention (``cross=False``, on ``attn1``), [B, N, L] for the
+    text cross-attention (``cross=True``, on ``attn2``; only with a cross-attention ``wpr``).
 
     When the user's processor (``inner``) is a plain one (SDPA, sliced, fused QKV, xFormers:
     :func:`~.processors.plain_processor_types`), ``attention_with_map`` computes both in one pass. Any other processor (PAG's perturbed attention, a custom one)
@@ -39,37 +52,53 @@ class PruningAttnProcessor(CallWrapper):
     the processor does, at the cost of one more attention in this layer.
     """
 
-    def __init__(self, block: "BlockPruner") -> None:
+    def __init__(self, block: "BlockPruner", cross: bool = False) -> None:
         super().__init__()
         self.block = block
+        self.cross = cross
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
-        if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
+        if self.cross:
+            if not isinstance(encoder_hidden_states, torch.Tensor) or attention_mask is not None \
+                    or hidden_states.ndim != 3:
+                raise ValueError(
+                    f"{self.block.name}: AT-EDM's wpr={self.block.config.wpr!r} needs plain cross-attention from "
+                    "[B, N, C] tokens to one encoder_hidden_states tensor (no attention_mask)"
+                )
+        elif encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
             raise ValueError(
                 f"{self.block.name}: AT-EDM's pruning layer needs plain self-attention on [B, N, C] tokens "
                 "(no encoder_hidden_states, no attention_mask)"
             )
         if type(self.inner) in plain_processor_types():
-            out, amap = self._attention(attn, hidden_states, fused=is_fused_processor(self.inner))
+            fused = is_fused_processor(self.inner)
+            out, amap = self._attention(attn, hidden_states, encoder_hidden_states, fused=fused)
         else:
-            out = call_processor(self.inner, attn, hidden_states, temb=temb)
-            _, amap = self._attention(attn, hidden_states, fused=False)
-        self.block.capture_map(amap)  # [B, N, N]
+            out = call_processor(self.inner, attn, hidden_states, encoder_hidden_states, temb=temb)
+            _, amap = self._attention(attn, hidden_states, encoder_hidden_states, fused=False)
+        self.block.capture_map(amap, cross=self.cross)  # [B, N, N] or [B, N, L]
         return out
 
-    def _attention(self, attn, hidden_states: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``attn``'s self-attention output [B, N, C] and head-averaged map [B, N, N]; ``fused``: project with the
-        fused ``to_qkv`` (what ``FusedAttnProcessor2_0`` uses) instead of ``to_q``, ``to_k``, ``to_v``."""
+    def _attention(self, attn, hidden_states: torch.Tensor, context: torch.Tensor | None,
+                   fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``attn``'s output [B, N, C] and head-averaged map [B, N, M] for queries from ``hidden_states`` [B, N, C]
+        and keys and values from ``context`` [B, L, C_ctx] (cross-attention, M = L) or, when it is None, from
+        ``hidden_states`` (self-attention, M = N); ``fused``: project with the fused ``to_qkv`` / ``to_kv`` (what
+        ``FusedAttnProcessor2_0`` uses) instead of ``to_q``, ``to_k``, ``to_v``."""
         batch, tokens, _ = hidden_states.shape
         heads = attn.heads
 
-        def split_heads(t: torch.Tensor) -> torch.Tensor:  # [B, N, H*D] -> [B, H, N, D]
-            return t.view(batch, tokens, heads, -1).transpose(1, 2)
+        def split_heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, H*D] -> [B, H, T, D]
+            return t.view(batch, t.shape[1], heads, -1).transpose(1, 2)
 
-        if fused:
+        source = hidden_states if context is None else context  # keys and values come from here: [B, M, C_src]
+        if fused and context is None:
             q, k, v = map(split_heads, attn.to_qkv(hidden_states).chunk(3, dim=-1))  # [B, H, N, D] each
+        elif fused:
+            q = split_heads(attn.to_q(hidden_states))  # [B, H, N, D]
+            k, v = map(split_heads, attn.to_kv(context).chunk(2, dim=-1))  # [B, H, L, D] each
         else:
-            q, k, v = map(split_heads, (attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)))
+            q, k, v = map(split_heads, (attn.to_q(hidden_states), attn.to_k(source), attn.to_v(source)))
         backend = preference_for("attention_with_map", self.block.config.backend)
         out, amap = ops.attention_with_map(q, k, v, attn.scale, map_dtype=map_dtype_for(q.device), backend=backend)
         out = out.transpose(1, 2).reshape(batch, tokens, -1)  # [B, N, H*D]
@@ -86,15 +115,19 @@ def map_dtype_for(device: torch.device) -> torch.dtype | None:
     return None if device.type == "cuda" else torch.float32
 
 
-def check_prunable(transformer: nn.Module, name: str) -> None:
-    """Refuse blocks whose first self-attention the pruning processor cannot reproduce exactly."""
-    attn = transformer.transformer_blocks[0].attn1
-    unsupported = [
-        feature
-        for feature in ("group_norm", "spatial_norm", "norm_q", "norm_k")
-        if getattr(attn, feature, None) is not None
-    ]
-    if getattr(transformer.transformer_blocks[0], "only_cross_attention", False):
+def check_prunable(transformer: nn.Module, name: str, cross: bool) -> None:
+    """Refuse blocks whose first self-attention (and, when ``cross``, cross-attention) the pruning processors cannot
+    reproduce exactly."""
+    first = transformer.transformer_blocks[0]
+    features = ("group_norm", "spatial_norm", "norm_q", "norm_k")
+    unsupported = [feature for feature in features if getattr(first.attn1, feature, None) is not None]
+    if cross:
+        attn2 = getattr(first, "attn2", None)
+        if attn2 is None:
+            unsupported.append("no cross-attention to score a cross-attention wpr with")
+        else:
+            unsupported += [f"attn2.{f}" for f in (*features, "norm_cross") if getattr(attn2, f, None) is not None]
+    if getattr(first, "only_cross_attention", False):
         unsupported.append("only_cross_attention")
     if getattr(transformer, "is_input_continuous", True) is not True:
         unsupported.append("non-continuous input")
@@ -107,7 +140,8 @@ class BlockPruner:
 
     def __init__(self, transformer: nn.Module, name: str, level: int, stage: str, position: str,
                  config: AtEdmConfig) -> None:
-        check_prunable(transformer, name)
+        cross = config.wpr != "self"  # scores from the layer's cross-attention map
+        check_prunable(transformer, name, cross)
         self.transformer = transformer
         self.name = name
         self.level = level  # feature level: 1 is the highest resolution
@@ -119,34 +153,45 @@ class BlockPruner:
         # Called as observer(block, scores [B, N], keep_idx [B, K]) after each selection (pictures, debugging).
         self.observer: Callable[[BlockPruner, torch.Tensor, torch.Tensor], None] | None = None
         self._amap: torch.Tensor | None = None  # [B, N, N] from the pruning layer's self-attention
+        self._ca_map: torch.Tensor | None = None  # [B, N, L] from its cross-attention (cross-attention wpr only)
         self._restore: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # keep_idx, prune_idx, src
 
         first = transformer.transformer_blocks[0]
-        self._attn = first.attn1
-        self._processor = PruningAttnProcessor(self)  # in front of the user's processor during pruning calls
+        # (module, processor in front of the user's during pruning calls): attn1 always, attn2 for a cross wpr
+        self._wrapped = [(first.attn1, PruningAttnProcessor(self))]
+        if cross:
+            self._wrapped.append((first.attn2, PruningAttnProcessor(self, cross=True)))
         self._hooks = [first.register_forward_hook(self._prune)]
         if transformer.use_linear_projection:
             self._hooks.append(transformer.proj_out.register_forward_hook(self._recover))
         else:
             self._hooks.append(transformer.transformer_blocks[-1].register_forward_hook(self._recover))
 
-    def capture_map(self, amap: torch.Tensor) -> None:
-        self._amap = amap
+    def capture_map(self, amap: torch.Tensor, cross: bool) -> None:
+        if cross:
+            self._ca_map = amap  # [B, N, L]
+        else:
+            self._amap = amap  # [B, N, N]
 
     def _prune(self, module, args, hidden_states: torch.Tensor) -> torch.Tensor | None:
         if not self.active:
             return None
-        amap, self._amap = self._amap, None
-        if amap is None:
-            raise ValueError(
-                f"{self.name}: its first self-attention produced no map: the layer's attention ran without AT-EDM's "
-                "processor (attach() was not called, or the module's forward bypasses its processor)"
-            )
         cfg = self.config
+        amap, self._amap = self._amap, None
+        ca_map, self._ca_map = self._ca_map, None
+        if amap is None or (cfg.wpr != "self" and ca_map is None):
+            raise ValueError(
+                f"{self.name}: its first layer's attention produced no map: it ran without AT-EDM's processor "
+                "(attach() was not called, or the module's forward bypasses its processor)"
+            )
         tokens = hidden_states.shape[1]
         keep = cfg.kept_tokens(tokens)
         backend = preference_for("gwpr", cfg.backend)  # every pruning-path op has the same kernel family
-        scores = ops.gwpr(amap, cfg.num_iters, cfg.damping, backend=backend)  # [B, N]
+        if cfg.wpr == "self":
+            scores = ops.gwpr(amap, cfg.num_iters, cfg.damping, backend=backend)  # [B, N]
+        else:
+            cross_backend = preference_for("gwpr_cross", cfg.backend)
+            scores = ops.gwpr_cross(ca_map, cfg.num_iters, cfg.wpr, backend=cross_backend)  # [B, N]
         keep_idx, prune_idx = ops.select_tokens(scores, keep, backend=backend)  # [B, K], [B, N-K]
         src = ops.similarity_sources(amap, keep_idx, prune_idx, backend=backend)  # [B, N-K]
         self._restore = (keep_idx, prune_idx, src)
@@ -164,16 +209,18 @@ class BlockPruner:
 
     def clear(self) -> None:
         """Forget the state of the latest call (map, selection, token counts)."""
-        self._amap = self._restore = self.last_tokens = None
+        self._amap = self._ca_map = self._restore = self.last_tokens = None
 
     def attach(self) -> None:
         """Prune in the coming call: ``active``, and the pruning processor in front of the user's."""
         self.active = True
-        self._processor.wrap(self._attn)
+        for attn, processor in self._wrapped:
+            processor.wrap(attn)
 
     def detach(self) -> None:
-        """The call is over: the user's processor alone again."""
-        self._processor.unwrap(self._attn)
+        """The call is over: the user's processors alone again."""
+        for attn, processor in self._wrapped:
+            processor.unwrap(attn)
 
     def remove(self) -> None:
         self.detach()
