@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .backends import BACKENDS
+from .reference.gwpr import GWPR_CROSS_KINDS
 from .generate import ModelNotAvailableError
 
 # What each command imports beyond the base install (torch, numpy, tqdm, pillow); the ``cli`` extra installs it all.
@@ -53,10 +54,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-iters", type=int, default=10, help="G-WPR power iterations (default 10)")
     group.add_argument("--prune-less-steps", type=int, default=None,
                        help="DSAP: early steps with the prune-less blocks dense (default 30%% of the steps: the "
-                       "paper's 15 of 50)")
+                       "paper's 15 of 50); 1 for 1-4 step distilled models, as AtEdmConfig.few_step()")
     group.add_argument("--prune-less-blocks", default="F-L", help="DSAP blocks left dense early (default F-L)")
     group.add_argument("--dagger", action="store_true", help="AT-EDM-dagger: no pruning at the second level")
     group.add_argument("--backend", default="auto", choices=list(BACKENDS))
+    group.add_argument("--wpr", default="self", choices=["self", *GWPR_CROSS_KINDS],
+                       help="token scores: self-attention G-WPR (default) or a cross-attention variant")
 
 
 def _config(args: argparse.Namespace):
@@ -69,6 +72,7 @@ def _config(args: argparse.Namespace):
         prune_less_blocks=args.prune_less_blocks,
         skip_second_level=args.dagger,
         backend=args.backend,
+        wpr=args.wpr,
     )
 
 

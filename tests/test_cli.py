@@ -114,6 +114,15 @@ def test_bench_runs_the_e2e_benchmark_smoke(tmp_path, capsys):
     assert {"dense", "atedm-normal"} <= set(rows) and rows["atedm-normal"]["median_ms"] > 0
 
 
+@pytest.mark.parametrize("wpr", ["self", "entropy", "power"])
+def test_wpr_flag_reaches_the_config(wpr):
+    from atedm_kernels.cli import _config
+
+    args = build_parser().parse_args(["flops", "--scale", "tiny", "--wpr", wpr, "--prune-less-steps", "1"])
+    config = _config(args)
+    assert config.wpr == wpr and config.prune_less_steps == 1
+
+
 @pytest.mark.parametrize(
     "argv,words",
     [
