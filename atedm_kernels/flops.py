@@ -158,7 +158,7 @@ def _check_size(height, width, batch) -> None:
     _check_int("batch", batch, 1)
 
 
-def _step_inputs(unet: nn.Module, batch: int, height: int, width: int) -> dict:
+def _step_inputs(unet: nn.Module, batch: int, height: int, width: int, timestep=999.0) -> dict:
     """Keyword inputs of one U-Net call, zero tensors on the model's device (on meta: shapes only)."""
     config = unet.config
     param = next(unet.parameters())
@@ -168,7 +168,7 @@ def _step_inputs(unet: nn.Module, batch: int, height: int, width: int) -> dict:
 
     inputs = {
         "sample": empty(batch, config.in_channels, height // VAE_SCALE, width // VAE_SCALE),
-        "timestep": 999.0,  # a host float: AT-EDM's step counter reads it without a device sync
+        "timestep": timestep,  # default a host float: AT-EDM's step counter reads it without a device sync
         "encoder_hidden_states": empty(batch, TEXT_TOKENS, config.cross_attention_dim),
     }
     if config.addition_embed_type == "text_time":
@@ -177,11 +177,14 @@ def _step_inputs(unet: nn.Module, batch: int, height: int, width: int) -> dict:
     return inputs
 
 
-def count_forward_macs(unet: nn.Module, height: int, width: int, batch: int = 2, label: str = "") -> MacsReport:
-    """MACs of one forward of ``unet`` exactly as it stands (patches such as tomesd's included).
+def count_forward_macs(unet: nn.Module, height: int, width: int, batch: int = 2, label: str = "",
+                       timestep=999.0) -> MacsReport:
+    """MACs of one forward of ``unet`` exactly as it stands (patches such as tomesd's, DeepCache's and T-GATE's
+    included: an ``Attention`` whose output a patch reuses from a cache, running neither projection, counts 0).
 
     The forward runs on the model's own device, so pass a ``meta`` model unless it is small. Zero-filled inputs
-    (random values do not change a MAC count).
+    (random values do not change a MAC count); ``timestep`` is the call's timestep argument (a schedule entry for
+    methods that follow the run's steps).
     """
     _check_size(height, width, batch)
     from diffusers.models.attention_processor import Attention
@@ -217,6 +220,8 @@ def count_forward_macs(unet: nn.Module, height: int, width: int, batch: int = 2,
 
     def on_attention_end(module, args, out) -> None:
         seen = rows_seen.pop(module)
+        if "q" not in seen and "k" not in seen and not getattr(module, "fused_projections", False):
+            return  # its output came from a cache (T-GATE's reuse): no projection, no matmul ran
         if "q" not in seen or "k" not in seen:
             raise ValueError(
                 "unet runs an attention without its to_q/to_k projections (fused QKV?): its matmuls cannot be "
@@ -237,7 +242,7 @@ def count_forward_macs(unet: nn.Module, height: int, width: int, batch: int = 2,
                 projections[module.to_q], projections[module.to_k] = (module, "q"), (module, "k")
                 hooks.append(module.register_forward_pre_hook(on_attention_start, with_kwargs=True))
                 hooks.append(module.register_forward_hook(on_attention_end))
-        inputs = _step_inputs(unet, batch, height, width)
+        inputs = _step_inputs(unet, batch, height, width, timestep)
         with torch.no_grad():  # sample and timestep positional, as pipelines pass them (tomesd's hook needs it)
             unet(inputs.pop("sample"), inputs.pop("timestep"), **inputs)
     finally:
@@ -338,6 +343,32 @@ def count_unet_macs(
     if early < num_steps:
         parts.append(((num_steps - early) / num_steps, _count_phase(unet, height, width, batch, config, "normal", "")))
     return _weighted(parts, f"{label}, mean of {num_steps} steps ({early} prune-less)")
+
+
+def count_run_macs(unet: nn.Module, name: str, height: int, width: int, batch: int = 2,
+                   on_meta: bool = True) -> tuple[int, list[dict]]:
+    """Mean MACs per step of a peer method's whole run (``name``: "deepcache", "tgate" or "atedm+deepcache", at
+    the authors' settings and step counts of :mod:`atedm_kernels.peers`) and its calls.
+
+    One call of each kind of step is counted, in step order on one run (so caches are filled as in the run), and
+    weighted by how many of the run's steps are of its kind. ``batch`` is the CFG batch; T-GATE's calls after its
+    gate step take half of it. Returns ``(mean, calls)`` with ``calls`` a list of ``{"step", "weight", "batch",
+    "macs"}``.
+    """
+    from .peers import PeerRun
+
+    _check_size(height, width, batch)
+    unet = getattr(unet, "unet", unet)
+    if on_meta:
+        unet = _meta_twin(unet)
+    calls = []
+    with PeerRun(unet, name, backend="reference") as run:
+        for call in run.calls():
+            run.prepare(call.step)
+            call_batch = batch // 2 if call.half_batch else batch
+            report = count_forward_macs(unet, height, width, call_batch, timestep=run.timestep(call.step))
+            calls.append({"step": call.step, "weight": call.weight, "batch": call_batch, "macs": report.total})
+    return round(sum(c["weight"] * c["macs"] for c in calls)), calls
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""End-to-end U-Net step: dense SD-XL vs AT-EDM (per DSAP phase, 50-step average, dagger) vs SiTo vs tomesd.
+"""End-to-end U-Net step: dense SD-XL vs AT-EDM (per DSAP phase, 50-step average, dagger) vs SiTo, tomesd,
+DeepCache, T-GATE, and AT-EDM stacked on DeepCache.
 
 One U-Net call (one denoising step of a classifier-free-guidance batch) of SD-XL base's architecture with random
 weights (``build_sdxl_unet``), batch 2, 1024x1024 by default (fp16 on a GPU, fp32 on a CPU), every variant timed
@@ -13,7 +14,15 @@ side by side in one run:
 * ``sito``: SiTo (``SiToConfig()``: prune ratio 0.5 of every self-attention, 2x2 patches), on the same kernels;
 * ``tomesd``: ToMe for SD (``tomesd.apply_patch``) at the paper's setting for SD-XL (supplementary B.1): ratio 0.5,
   merging for self-attention, cross-attention and feed-forward, ``max_downsample=8`` to open its merge range to
-  every level (SD-XL's attention levels are at downsampling 2 and 4; tomesd's default 1 merges nothing there).
+  every level (SD-XL's attention levels are at downsampling 2 and 4; tomesd's default 1 merges nothing there);
+* ``deepcache``, ``tgate``, ``atedm+deepcache``: the peers at their authors' SD-XL settings
+  (:mod:`atedm_kernels.peers`: DeepCache interval 3, branch 0, 50 steps; T-GATE gate step 10, 25 steps; AT-EDM
+  with its DSAP schedule on DeepCache's 50 steps), whose cost depends on the step: each is the mean step of its
+  whole run, from one call of every kind of step made in step order on one run (DeepCache: a full call and a
+  cached one; with AT-EDM: each in both DSAP phases; T-GATE: five kinds, those after its gate step at half the
+  batch, without CFG), weighted by how many of the run's steps are of that kind. The row's ``setting`` and
+  ``calls`` say which. A peer whose package is not installed is left out with a one-line reason (also in the
+  JSON's ``left_out``).
 
 Each phase is pinned by its config, not by hooks, so eager and compiled runs time exactly one static graph. The
 timestep is a device tensor, as in diffusers' pipelines.
@@ -57,14 +66,14 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from . import flops
+from . import flops, peers
 from .backends import BACKENDS, preference_for, resolve
 from .sdxl import AtEdmConfig, SiToConfig, apply, apply_sito, build_sdxl_unet, unet_inputs
 
 ALWAYS_PRUNE_LESS = 2**30  # prune_less_steps so large that every call is a DSAP prune-less step
 PAPER_STEPS, PAPER_PRUNE_LESS_STEPS = 50, 15
 TOMESD_ARGS = {"ratio": 0.5, "max_downsample": 8, "merge_attn": True, "merge_crossattn": True, "merge_mlp": True}
-TIMED = ("dense", "atedm-normal", "atedm-prune-less", "atedm-dagger", "sito", "tomesd")
+TIMED = ("dense", "atedm-normal", "atedm-prune-less", "atedm-dagger", "sito", "tomesd", *peers.PACKAGES)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 KERNEL_OPS = ("attention_with_map", "gwpr", "select_tokens", "similarity_sources", "gather_tokens", "recover_tokens")
 SDPA = "aten::scaled_dot_product_attention"
@@ -84,8 +93,11 @@ def pruning_configs(backend: str) -> dict[str, AtEdmConfig | SiToConfig]:
 @contextlib.contextmanager
 def variant(unet, name: str, backend: str):
     """The U-Net patched as ``name`` for the duration of the block, restored afterwards; yields the pruning handle
-    (None for dense and tomesd)."""
-    if name == "dense":
+    (None for dense and tomesd; a :class:`~atedm_kernels.peers.PeerRun` for the peers)."""
+    if name in peers.PACKAGES:
+        with peers.PeerRun(unet, name, backend, device=next(unet.parameters()).device) as run:
+            yield run
+    elif name == "dense":
         yield None
     elif name == "tomesd":
         import tomesd
@@ -113,6 +125,8 @@ def count_macs(scale: str, height: int, width: int, batch: int, names) -> dict[s
         elif name == "tomesd":
             with variant(twin, name, "reference"):
                 macs[name] = flops.count_forward_macs(twin, height, width, batch).total
+        elif name in peers.PACKAGES:
+            macs[name] = flops.count_run_macs(twin, name, height, width, batch, on_meta=on_meta)[0]
         else:
             config = pruning_configs("reference")[name]
             report = flops.count_unet_macs(twin, height, width, batch, config, PHASE[name], on_meta=on_meta)
@@ -242,30 +256,52 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_eager(unet, step, names, args, device, memory) -> tuple[dict, dict, dict]:
-    """Interleaved eager timing: per-variant warm-up (the first call profiled), then ``reps`` rounds of one call
-    of every variant. Returns times per variant, peak memory per variant and the profile per variant."""
+def weighted_profile(parts: list[tuple[float, dict]]) -> dict:
+    """The weighted sum of ``profiled_call`` results (a peer run's mean step): times, op times and call counts."""
+    split = dict.fromkeys(parts[0][1]["split_ms"], 0.0)
+    sdpa_calls, map_calls = {}, {}
+    for weight, profiled in parts:
+        for key, ms in profiled["split_ms"].items():
+            split[key] += weight * ms
+        for shapes, (count, ms) in profiled["sdpa_calls"].items():
+            old_count, old_ms = sdpa_calls.get(shapes, (0.0, 0.0))
+            sdpa_calls[shapes] = (old_count + weight * count, old_ms + weight * ms)
+        for shapes, count in profiled["map_calls"].items():
+            map_calls[shapes] = map_calls.get(shapes, 0.0) + weight * count
+    return {"profiled_call_ms": sum(w * p["profiled_call_ms"] for w, p in parts), "split_ms": split,
+            "sdpa_calls": sdpa_calls, "map_calls": map_calls}
+
+
+def run_eager(unet, calls_of, names, args, device, memory) -> tuple[dict, dict, dict]:
+    """Interleaved eager timing: per-variant warm-up (the first profiled), then ``reps`` rounds of every variant in
+    turn. ``calls_of(handle)`` gives a variant's ``(weight, call)`` pairs (one of weight 1 for a single-call
+    variant; a peer run's weighted calls), whose weighted sum is its step. Returns times per variant (ms per step),
+    peak memory per variant and the profile per variant."""
     times = {name: [] for name in names}
     peaks: dict[str, int | None] = dict.fromkeys(names)
-    profiles, warm_ms = {}, {}
+    profiles, warm_ms, round_ms = {}, {}, {}
     for name in names:
         with variant(unet, name, args.backend) as handle:
             memory.reset()
-            profiles[name] = profiled_call(step, device)
-            if not torch.isfinite(profiles[name].pop("output")).all():
+            parts = [(weight, profiled_call(call, device)) for weight, call in calls_of(handle)]
+            round_ms[name] = sum(profiled["profiled_call_ms"] for _, profiled in parts)  # every call of a round
+            if not all(torch.isfinite(profiled.pop("output")).all() for _, profiled in parts):
                 raise RuntimeError(f"{name}: non-finite U-Net output")
+            profiles[name] = weighted_profile(parts)
             warm_ms[name] = profiles[name]["profiled_call_ms"]
-            for _ in range(args.warmup - 1):
-                warm_ms[name] = timed_call(step, device)
-            peaks[name] = memory.read()
             check_phase(name, handle)
+        for _ in range(args.warmup - 1):
+            with variant(unet, name, args.backend) as handle:
+                warm_ms[name] = sum(weight * timed_call(call, device) for weight, call in calls_of(handle))
+        peaks[name] = memory.read()
         log(f"  warm-up {name:<17} {warm_ms[name] / 1e3:8.2f} s")
-    log(f"  timing {args.reps} rounds of {len(names)} variants: about {args.reps * sum(warm_ms.values()) / 6e4:.1f} min")
+    minutes = args.reps * sum(round_ms.values()) / 6e4
+    log(f"  timing {args.reps} rounds of {len(names)} variants: about {minutes:.1f} min")
     for rep in range(args.reps):
         for name in names:
             with variant(unet, name, args.backend) as handle:
                 memory.reset()
-                times[name].append(timed_call(step, device))
+                times[name].append(sum(weight * timed_call(call, device) for weight, call in calls_of(handle)))
                 peak = memory.read()
                 check_phase(name, handle)
             if peak is not None:
@@ -292,6 +328,15 @@ def run_compiled(unet, step_of, names, args, device, memory) -> tuple[dict, dict
 
 
 def check_phase(name: str, handle) -> None:
+    """A pinned variant ran in its phase; AT-EDM on DeepCache pruned in exactly the calls DeepCache ran in full."""
+    if isinstance(handle, peers.PeerRun):
+        for record in handle.handle.stats() if handle.handle is not None else ():
+            pruned = any(kept is not None for kept in record.kept.values())
+            full = peers.deepcache_full(record.step)
+            if pruned != full:
+                raise RuntimeError(f"{name}: step {record.step} {'pruned' if pruned else 'did not prune'} although "
+                                   f"DeepCache ran it {'in full' if full else 'from its cache'}")
+        return
     if handle is not None and handle.stats()[-1].phase != PHASE[name]:
         raise RuntimeError(f"{name}: ran as a {handle.stats()[-1].phase} step, not {PHASE[name]}")
 
@@ -300,6 +345,8 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     load_before = os.getloadavg()  # other work on the machine: every variant shares it (interleaved rounds)
+    for reason in args.left_out.values():
+        log(reason)
     log(f"building SD-XL's U-Net ({args.scale}, random weights, {args.dtype}) on {device} ...")
     unet = build_sdxl_unet(args.scale, device=device, dtype=dtype, seed=args.seed)
     inputs = unet_inputs(unet, args.batch, args.height, args.width, seed=args.seed + 1)  # random, never zeros
@@ -316,20 +363,42 @@ def run(args: argparse.Namespace) -> dict:
                 return model(sample, timestep, **inputs).sample  # [B, 4, h/8, w/8]
         return step
 
+    half_sample, half_inputs = sample[: sample.shape[0] // 2], peers.half_batch(inputs)  # [B/2, 4, h/8, w/8], ...
+
+    def calls_of(handle) -> list[tuple[float, object]]:
+        if not isinstance(handle, peers.PeerRun):
+            return [(1.0, step_of(unet))]
+        out = []
+        for call in handle.calls():
+            def peer_step(call=call):
+                handle.prepare(call.step)
+                x, kwargs = (half_sample, half_inputs) if call.half_batch else (sample, inputs)
+                with torch.no_grad():
+                    return unet(x, handle.timestep(call.step), **kwargs).sample  # [B or B/2, 4, h/8, w/8]
+            out.append((call.weight, peer_step))
+        return out
+
     rows = []
-    times, peaks, profiles = run_eager(unet, step_of(unet), args.variants, args, device, memory)
+    times, peaks, profiles = run_eager(unet, calls_of, args.variants, args, device, memory)
     for name in args.variants:
         row = {"variant": name, "compiled": False, "macs": macs[name], "median_ms": statistics.median(times[name]),
                "peak_memory_bytes": peaks[name], "times_ms": times[name],
                "profiled_call_ms": profiles[name]["profiled_call_ms"], "split_ms": profiles[name]["split_ms"]}
         if "dense" in profiles and name != "dense":
             row["pruning_overhead"] = pruning_overhead(profiles[name], profiles["dense"])
+        if name in peers.PACKAGES:
+            row["setting"] = peers.SETTINGS[name]
+            with variant(unet, name, args.backend) as handle:
+                row["calls"] = [{"step": c.step, "weight": c.weight, "half_batch": c.half_batch} for c in handle.calls()]
         rows.append(row)
     add_dsap_average(rows, compiled=False)
     if args.compile:
-        times, peaks = run_compiled(unet, step_of, args.variants, args, device, memory)
+        compiled = [name for name in args.variants if name not in peers.PACKAGES]
+        if len(compiled) < len(args.variants):
+            log("  --compile: the peers run eager only (their caches are Python state between calls)")
+        times, peaks = run_compiled(unet, step_of, compiled, args, device, memory)
         rows += [{"variant": name, "compiled": True, "macs": macs[name], "median_ms": statistics.median(times[name]),
-                  "peak_memory_bytes": peaks[name], "times_ms": times[name]} for name in args.variants]
+                  "peak_memory_bytes": peaks[name], "times_ms": times[name]} for name in compiled]
         add_dsap_average(rows, compiled=True)
     for row in rows:
         dense = next((r for r in rows if r["variant"] == "dense" and r["compiled"] == row["compiled"]), None)
@@ -342,7 +411,9 @@ def run(args: argparse.Namespace) -> dict:
             "scale": args.scale, "height": args.height, "width": args.width, "batch": args.batch,
             "dtype": args.dtype, "warmup": args.warmup, "reps": args.reps, "atedm_backend": args.backend,
             "resolved_backends": backends, "tomesd": TOMESD_ARGS, "seed": args.seed,
+            "deepcache": peers.DEEPCACHE, "tgate": peers.TGATE,
         },
+        "left_out": args.left_out,
         "load_average": {"before": load_before, "after": os.getloadavg()},
         "macs_note": "multiply-accumulates per U-Net call (atedm_kernels.flops), batch included",
         "rows": rows,
@@ -376,6 +447,7 @@ def format_table(report: dict) -> str:
         f"SD-XL U-Net ({settings['scale']}), {settings['height']}x{settings['width']}, batch {settings['batch']}, "
         f"{settings['dtype']}; median of {settings['reps']} interleaved calls after {settings['warmup']} warm-up",
     ]
+    lines += [f"left out: {reason}" for reason in report.get("left_out", {}).values()]
     header = f"{'variant':<18}{'mode':<10}{'GMACs':>10}{'median ms':>12}{'x dense':>9}{'peak GiB':>10}{'pruning path':>14}"
     lines += [header, "-" * len(header)]
     for row in report["rows"]:
@@ -387,6 +459,7 @@ def format_table(report: dict) -> str:
         lines.append(f"{row['variant']:<18}{mode:<10}{row['macs'] / 1e9:>10.1f}{row['median_ms']:>12.1f}{speedup:>9}"
                      f"{memory:>10}{extra:>14}")
     lines.append("pruning path: extra cost of AT-EDM's ops over the dense SDPA they replace, share of a profiled call")
+    lines += [f"{row['variant']}: mean step of its run, {row['setting']}" for row in report["rows"] if "setting" in row]
     return "\n".join(lines)
 
 
@@ -404,7 +477,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="timed rounds (default 50 on CUDA, 3 on a CPU)")
     parser.add_argument("--compile", action="store_true", help="also time every variant under torch.compile")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="AT-EDM's op backend (AtEdmConfig.backend)")
-    parser.add_argument("--variants", nargs="+", choices=TIMED, default=list(TIMED))
+    parser.add_argument("--variants", nargs="+", choices=TIMED,
+                        help="default: all; a peer whose package is missing is then left out with its reason")
     parser.add_argument("--threads", type=int, help="CPU intra-op threads (--smoke: 1; else torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the report (raw timings included) to this JSON file")
@@ -421,6 +495,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.dtype = args.dtype or ("fp16" if on_cuda else "fp32")
     args.warmup = 10 if args.warmup is None and on_cuda else 1 if args.warmup is None else args.warmup
     args.reps = 50 if args.reps is None and on_cuda else 3 if args.reps is None else args.reps
+    args.left_out = {}
+    for name in args.variants or TIMED:
+        if name in peers.PACKAGES and (reason := peers.missing(name)):
+            if args.variants:
+                parser.error(f"--variants {name}: {reason}")
+            args.left_out[name] = f"{name}: left out: {reason}"
+    args.variants = args.variants or [name for name in TIMED if name not in args.left_out]
     if args.warmup < 1 or args.reps < 1:
         parser.error("--warmup and --reps must be >= 1")
     if args.height % 8 or args.width % 8 or args.height < 8 or args.width < 8:

@@ -3,7 +3,8 @@
 ``python benchmarks/readme_tables.py --count-macs`` recounts the SD-XL MACs (meta device, seconds) into
 ``benchmarks/results/macs_sdxl_1024.json``; ``python benchmarks/readme_tables.py`` (re)writes the README section
 between ``<!-- tables:start -->`` and ``<!-- tables:end -->`` from every JSON under ``benchmarks/results/``:
-the MACs table; the CPU end-to-end tables (``unet_e2e_cpu_*.json``, from ``atedm bench --device cpu``, with the
+the MACs table; the peers' table (DeepCache, T-GATE, AT-EDM on DeepCache: MACs and, where a committed CPU run
+has their rows, CPU time); the CPU end-to-end tables (``unet_e2e_cpu_*.json``, from ``atedm bench --device cpu``, with the
 pruning path's split); and the GPU end-to-end and kernel tables when a GPU run has committed ``unet_e2e.json`` /
 ``kernels.json``. ``tests/test_readme_tables.py`` fails when the README and the JSON disagree.
 """
@@ -19,22 +20,29 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 START, END = "<!-- tables:start -->", "<!-- tables:end -->"
+PEERS = ("deepcache", "tgate", "atedm+deepcache")  # atedm_kernels.peers.PACKAGES, without importing torch
 PAPER_MACS = {"dense": 6.7e12, "atedm-normal": 4.1e12}  # SD-XL, 1024 px, CFG batch 2 (paper and supplementary A.3)
 
 
 def count_macs() -> dict:
-    """MACs per U-Net step of SD-XL base at 1024x1024, batch 2, for every method and phase."""
-    from atedm_kernels.flops import count_unet_macs
+    """MACs per U-Net step of SD-XL base at 1024x1024, batch 2, for every method and phase, and the peers' mean
+    step over their authors' runs (needs the ``peers`` extra)."""
+    from atedm_kernels.flops import count_run_macs, count_unet_macs
+    from atedm_kernels.peers import PACKAGES, SETTINGS
     from atedm_kernels.sdxl import AtEdmConfig, build_sdxl_unet
     from atedm_kernels.unet_bench import TIMED, count_macs as count_variants
 
-    macs = count_variants("full", 1024, 1024, 2, TIMED)
+    macs = count_variants("full", 1024, 1024, 2, [name for name in TIMED if name not in PACKAGES])
     unet = build_sdxl_unet("full", device="meta")
     macs["atedm-dsap-avg"] = count_unet_macs(unet, 1024, 1024, 2, AtEdmConfig(), "average").total
     macs["atedm-dagger-dsap-avg"] = count_unet_macs(
         unet, 1024, 1024, 2, AtEdmConfig(skip_second_level=True), "average"
     ).total
-    return {"model": "SD-XL base U-Net (meta device)", "height": 1024, "width": 1024, "batch": 2, "macs": macs}
+    peer_calls = {}
+    for name in PACKAGES:
+        macs[name], peer_calls[name] = count_run_macs(unet, name, 1024, 1024, 2)
+    return {"model": "SD-XL base U-Net (meta device)", "height": 1024, "width": 1024, "batch": 2, "macs": macs,
+            "settings": {name: SETTINGS[name] for name in PACKAGES}, "peer_calls": peer_calls}
 
 
 def macs_table(report: dict) -> str:
@@ -49,6 +57,39 @@ def macs_table(report: dict) -> str:
     for name, value in report["macs"].items():
         paper = f"{PAPER_MACS[name] / 1e12:.1f} T" if name in PAPER_MACS else ""
         lines.append(f"| {name} | {value / 1e12:.3f} | {value / dense:.1%} | {paper} |")
+    return "\n".join(lines)
+
+
+def peers_table(macs: dict, cpu_reports: list[tuple[str, dict]]) -> str:
+    """The peers against AT-EDM's 50-step mean: MACs per step (from the MACs JSON) and, per committed CPU run, the
+    speed-up over dense per step (or why there is none)."""
+    names = [name for name in PEERS if name in macs["macs"]]
+    if not names:
+        return ("No peer MACs in `benchmarks/results/macs_sdxl_1024.json`: `python benchmarks/readme_tables.py "
+                "--count-macs` with the `peers` extra adds them.")
+    dense, atedm = macs["macs"]["dense"], macs["macs"]["atedm-dsap-avg"]
+    sizes = [f"{report['settings']['height']} px" for _, report in cpu_reports]
+    lines = [
+        "Peers at their authors' SD-XL settings, mean U-Net step of their runs, 1024x1024, batch 2 (MACs from "
+        "`benchmarks/results/macs_sdxl_1024.json`; CPU speed-ups from the CPU runs above, per step against dense):",
+        "",
+        "| method | setting | T MACs / step | vs dense | vs AT-EDM's 50-step mean | "
+        + " | ".join(f"CPU speed-up, {size}" for size in sizes) + " |",
+        "|---" * (5 + len(sizes)) + "|",
+    ]
+    for name in ["atedm-dsap-avg", *names]:
+        setting = macs.get("settings", {}).get(name, "AtEdmConfig(); mean of 50 steps (15 prune-less)")
+        cells = []
+        for _, report in cpu_reports:
+            row = next((r for r in report["rows"] if r["variant"] == name and not r["compiled"]), None)
+            cells.append(f"{row['speedup_vs_dense']:.2f}x" if row else "not in this run")
+        value = macs["macs"][name]
+        lines.append(f"| {name} | {setting} | {value / 1e12:.3f} | {value / dense:.1%} | {value / atedm:.1%} | "
+                     + " | ".join(cells) + " |")
+    if "atedm+deepcache" in names and "deepcache" in names:
+        stack = macs["macs"]["atedm+deepcache"]
+        lines += ["", f"AT-EDM on DeepCache: {stack / macs['macs']['deepcache']:.1%} of DeepCache's MACs alone and "
+                      f"{stack / atedm:.1%} of AT-EDM's alone (AT-EDM prunes DeepCache's full steps only)."]
     return "\n".join(lines)
 
 
@@ -94,18 +135,27 @@ def split_table(report: dict) -> str:
 
 
 def cpu_e2e_reports() -> list[tuple[Path, dict]]:
+    """The committed CPU end-to-end runs, smallest image first."""
     paths = sorted(RESULTS.glob("unet_e2e_cpu_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     return [(path, json.loads(path.read_text())) for path in paths]
 
 
 def render() -> str:
     parts = []
-    macs = RESULTS / "macs_sdxl_1024.json"
-    parts.append(macs_table(json.loads(macs.read_text())) if macs.is_file() else "No MACs results committed.")
-    for path, report in cpu_e2e_reports():
+    macs_path = RESULTS / "macs_sdxl_1024.json"
+    macs = json.loads(macs_path.read_text()) if macs_path.is_file() else None
+    parts.append(macs_table(macs) if macs else "No MACs results committed.")
+    cpu_reports = cpu_e2e_reports()
+    for path, report in cpu_reports:
         source = path.relative_to(ROOT).as_posix()
         parts.append("CPU figures, measured (not a GPU claim). " + e2e_table(report, source))
         parts.append(f"Where one profiled call's time goes (seconds, from `{source}`):\n\n{split_table(report)}")
+        absent = [name for name in PEERS if not any(row["variant"] == name for row in report["rows"])]
+        if absent:
+            parts.append(f"`{source}` has no {', '.join(absent)} rows (the run predates them): the next "
+                         "`atedm bench` run with the `peers` extra installed adds them.")
+    if macs:
+        parts.append(peers_table(macs, cpu_reports))
     e2e, kernels = RESULTS / "unet_e2e.json", RESULTS / "kernels.json"
     if e2e.is_file():
         parts.append(e2e_table(json.loads(e2e.read_text()), "benchmarks/results/unet_e2e.json"))
