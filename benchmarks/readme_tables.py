@@ -21,12 +21,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 START, END = "<!-- tables:start -->", "<!-- tables:end -->"
 PEERS = ("deepcache", "tgate", "atedm+deepcache")  # atedm_kernels.peers.PACKAGES, without importing torch
+FEW_STEP_RUNS = (1, 2, 4)  # step counts of distilled SD-XL models (SDXL-Turbo, SDXL-Lightning, LCM)
 PAPER_MACS = {"dense": 6.7e12, "atedm-normal": 4.1e12}  # SD-XL, 1024 px, CFG batch 2 (paper and supplementary A.3)
 
 
 def count_macs() -> dict:
-    """MACs per U-Net step of SD-XL base at 1024x1024, batch 2, for every method and phase, and the peers' mean
-    step over their authors' runs (needs the ``peers`` extra)."""
+    """MACs per U-Net step of SD-XL base at 1024x1024, batch 2, for every method and phase, the mean step of
+    ``AtEdmConfig.few_step()`` runs of 1, 2 and 4 steps, and the peers' mean step over their authors' runs (needs the
+    ``peers`` extra)."""
     from atedm_kernels.flops import count_run_macs, count_unet_macs
     from atedm_kernels.peers import PACKAGES, SETTINGS
     from atedm_kernels.sdxl import AtEdmConfig, build_sdxl_unet
@@ -38,6 +40,10 @@ def count_macs() -> dict:
     macs["atedm-dagger-dsap-avg"] = count_unet_macs(
         unet, 1024, 1024, 2, AtEdmConfig(skip_second_level=True), "average"
     ).total
+    for steps in FEW_STEP_RUNS:  # AtEdmConfig.few_step(): the first step prune-less, the rest normal
+        macs[f"atedm-few-step-{steps}"] = count_unet_macs(
+            unet, 1024, 1024, 2, AtEdmConfig.few_step(), "average", num_steps=steps
+        ).total
     peer_calls = {}
     for name in PACKAGES:
         macs[name], peer_calls[name] = count_run_macs(unet, name, 1024, 1024, 2)
