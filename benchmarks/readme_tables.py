@@ -158,8 +158,8 @@ def render() -> str:
         parts.append(f"Where one profiled call's time goes (seconds, from `{source}`):\n\n{split_table(report)}")
         absent = [name for name in PEERS if not any(row["variant"] == name for row in report["rows"])]
         if absent:
-            parts.append(f"`{source}` has no {', '.join(absent)} rows (the run predates them): the next "
-                         "`atedm bench` run with the `peers` extra installed adds them.")
+            parts.append(f"`{source}` has no {', '.join(absent)} rows: this run did not time them (they cost "
+                         "about 6.5 dense calls more per round); `atedm bench` with the `peers` extra installed does.")
     if macs:
         parts.append(peers_table(macs, cpu_reports))
     e2e, kernels = RESULTS / "unet_e2e.json", RESULTS / "kernels.json"
