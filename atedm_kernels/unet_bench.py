@@ -365,11 +365,14 @@ def run(args: argparse.Namespace) -> dict:
 
     half_sample, half_inputs = sample[: sample.shape[0] // 2], peers.half_batch(inputs)  # [B/2, 4, h/8, w/8], ...
 
+    peer_calls: dict[str, list[peers.Call]] = {}  # each peer's calls, as its timed runs made them
+
     def calls_of(handle) -> list[tuple[float, object]]:
         if not isinstance(handle, peers.PeerRun):
             return [(1.0, step_of(unet))]
         out = []
-        for call in handle.calls():
+        peer_calls[handle.name] = handle.calls()
+        for call in peer_calls[handle.name]:
             def peer_step(call=call):
                 handle.prepare(call.step)
                 x, kwargs = (half_sample, half_inputs) if call.half_batch else (sample, inputs)
@@ -388,8 +391,7 @@ def run(args: argparse.Namespace) -> dict:
             row["pruning_overhead"] = pruning_overhead(profiles[name], profiles["dense"])
         if name in peers.PACKAGES:
             row["setting"] = peers.SETTINGS[name]
-            with variant(unet, name, args.backend) as handle:
-                row["calls"] = [{"step": c.step, "weight": c.weight, "half_batch": c.half_batch} for c in handle.calls()]
+            row["calls"] = [{"step": c.step, "weight": c.weight, "half_batch": c.half_batch} for c in peer_calls[name]]
         rows.append(row)
     add_dsap_average(rows, compiled=False)
     if args.compile:
