@@ -1,6 +1,10 @@
-"""The ``"cpu"`` kernels (cache-blocked attention with the map, GEMV G-WPR, block-argmax similarity sources) against
-the float64 brute force of tests/brute_force.py, with the error judged against the reference's error at the same
-precision; block tails, ties, NaN columns, half-precision inputs and maps; and opcheck on the cpu backend."""
+"""The ``"cpu"`` kernels (attention with the map, native C++ and blocked PyTorch; GEMV G-WPR; block-argmax
+similarity sources) against the float64 brute force of tests/brute_force.py, with the error judged against the
+reference's error at the same precision; block and task tails, padding, ties, NaN, poisoned outputs, half-precision
+inputs and maps; and opcheck on the cpu backend."""
+
+import os
+import platform
 
 import pytest
 import torch
@@ -26,9 +30,31 @@ def test_cpu_backend_refuses_cuda_tensors_with_a_reason():
         backends.resolve("gwpr", "cpu", torch.device("cuda"))
 
 
+needs_native = pytest.mark.skipif(not cpu_attention.native_available(),
+                                  reason="atedm_kernels._cpu is not built here or this CPU lacks AVX2/FMA")
+
+
+@pytest.fixture(params=["native", "blocked"])
+def attention_impl(request, monkeypatch):
+    """Which implementation the cpu backend's attention_with_map runs: the C++ kernel or the blocked PyTorch one."""
+    if request.param == "native":
+        if not cpu_attention.native_available():
+            pytest.skip("atedm_kernels._cpu is not built here or this CPU lacks AVX2/FMA")
+    else:
+        monkeypatch.setattr(cpu_attention, "native_available", lambda: False)
+    return request.param
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or os.environ.get("ATEDM_BUILD_CPU") == "0",
+                    reason="_cpu is built on x86-64 only, and not with ATEDM_BUILD_CPU=0")
+def test_native_module_is_built_on_x86():
+    # the install builds it on every x86-64 machine with a C++ compiler: a silent fallback would hide a broken build
+    assert cpu_attention._cpu is not None, "atedm_kernels._cpu missing: the CPU build failed at install"
+
+
 @pytest.mark.parametrize("block_bytes", [None, 1])  # None: the default blocks; 1: 16-row blocks, odd tails
 @pytest.mark.parametrize("shape", [(1, 1, 5, 7, 8), (2, 3, 37, 37, 16), (2, 2, 33, 20, 40), (3, 5, 70, 49, 64)])
-def test_attention_with_map_matches_float64(gen, monkeypatch, shape, block_bytes):
+def test_attention_with_map_matches_float64(gen, monkeypatch, attention_impl, shape, block_bytes):
     if block_bytes is not None:
         monkeypatch.setattr(cpu_attention, "BLOCK_BYTES", block_bytes)
     batch, heads, n, m, d = shape
@@ -44,7 +70,7 @@ def test_attention_with_map_matches_float64(gen, monkeypatch, shape, block_bytes
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("map_dtype", [None, torch.bfloat16])
-def test_attention_with_map_half_inputs_and_maps(gen, dtype, map_dtype):
+def test_attention_with_map_half_inputs_and_maps(gen, attention_impl, dtype, map_dtype):
     q, k, v = (torch.randn(2, 3, 29, 24, generator=gen).to(dtype) for _ in range(3))
     out, amap = ak.attention_with_map(q, k, v, scale=0.2, map_dtype=map_dtype, backend="cpu")
     ref_out, ref_map = ak.attention_with_map(q, k, v, scale=0.2, map_dtype=map_dtype, backend="reference")
@@ -54,7 +80,7 @@ def test_attention_with_map_half_inputs_and_maps(gen, dtype, map_dtype):
     assert max_err(amap, exact_map) <= 2 * max_err(ref_map, exact_map) + 1e-7
 
 
-def test_attention_with_map_noncontiguous_inputs(gen):
+def test_attention_with_map_noncontiguous_inputs(gen, attention_impl):
     # SD-XL hands the op [B, N, H, D] views transposed to [B, H, N, D]
     q, k, v = (torch.randn(2, 19, 4, 16, generator=gen).transpose(1, 2) for _ in range(3))
     out, amap = ak.attention_with_map(q, k, v, map_dtype=torch.float32, backend="cpu")
@@ -63,12 +89,64 @@ def test_attention_with_map_noncontiguous_inputs(gen):
     torch.testing.assert_close(amap.double(), exact_map, rtol=1e-5, atol=1e-7)
 
 
-def test_attention_with_map_propagates_nan(gen):
+def test_attention_with_map_propagates_nan(gen, attention_impl):
     q, k, v = (torch.randn(1, 2, 9, 8, generator=gen) for _ in range(3))
     q[0, 1, 4, 0] = float("nan")
     out, amap = ak.attention_with_map(q, k, v, map_dtype=torch.float32, backend="cpu")
     assert out[0, 1, 4].isnan().all() and amap[0, 4].isnan().all()
     assert not out[0, 0].isnan().any() and not amap[0, :4].isnan().any()
+
+
+def _native_call(q, k, v, scale, threads, out, amap):
+    strides = lambda t: (t.stride(0), t.stride(1), t.stride(2))  # noqa: E731
+    batch, heads, n_q, head_dim = q.shape
+    cpu_attention._cpu.attention_with_map_f32(
+        q.data_ptr(), strides(q), k.data_ptr(), strides(k), v.data_ptr(), strides(v), out.data_ptr(), strides(out),
+        amap.data_ptr(), batch, heads, n_q, k.shape[2], head_dim, scale, threads)
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2, 5])
+@pytest.mark.parametrize("shape", [
+    (1, 1, 1, 1, 1),  # one key, one column: everything is padding
+    (2, 3, 131, 33, 40),  # 96-row tasks with a 35-row tail; M and D padded to 64
+    (1, 2, 130, 4100, 8),  # 63-row tasks at ~4096 keys (the SD-XL size), a 4-row tail, 4 padded keys
+    (3, 2, 7, 77, 80),  # SD-XL's 77 text tokens; D = 80 (SD 1.x's mid levels) padded to 96
+])
+def test_native_kernel_writes_every_output_and_matches_float64(gen, threads, shape):
+    batch, heads, n, m, d = shape
+    q, k, v = (torch.randn(batch, heads, s, d, generator=gen) * 2 for s in (n, m, m))
+    out = torch.full_like(q, float("nan"))  # poisoned: an element left unwritten stays NaN
+    amap = torch.full((batch, n, m), float("nan"))
+    _native_call(q, k, v, 0.3, threads, out, amap)
+    ref_out, ref_map = ak.attention_with_map(q, k, v, scale=0.3, map_dtype=torch.float32, backend="reference")
+    exact_out, exact_map = bf.attention_with_map(q, k, v, scale=0.3)
+    assert max_err(out, exact_out) <= 2 * max_err(ref_out, exact_out) + 1e-6
+    assert max_err(amap, exact_map) <= 2 * max_err(ref_map, exact_map) + 1e-7
+    # the result does not depend on how tasks fall to threads
+    out_1, amap_1 = torch.empty_like(out), torch.empty_like(amap)
+    _native_call(q, k, v, 0.3, 1, out_1, amap_1)
+    assert torch.equal(out, out_1) and torch.equal(amap, amap_1)
+
+
+@needs_native
+def test_native_kernel_wide_logits_and_strided_output(gen):
+    # logits spread over hundreds: most exps underflow (the kernel clamps at -87.3), the row maxima must still win
+    q, k, v = (torch.randn(2, 2, 40, 16, generator=gen) * 6 for _ in range(3))
+    out = torch.full((2, 40, 2, 16), float("nan")).transpose(1, 2)  # [B, H, N, D] view of [B, N, H, D] storage
+    amap = torch.full((2, 40, 40), float("nan"))
+    _native_call(q, k, v, 1.0, 2, out, amap)
+    ref_out, ref_map = ak.attention_with_map(q, k, v, scale=1.0, map_dtype=torch.float32, backend="reference")
+    exact_out, exact_map = bf.attention_with_map(q, k, v, scale=1.0)
+    assert max_err(out, exact_out) <= 2 * max_err(ref_out, exact_out) + 1e-6
+    assert max_err(amap, exact_map) <= 2 * max_err(ref_map, exact_map) + 1e-7
+
+
+@needs_native
+def test_native_kernel_rejects_bad_sizes():
+    x = torch.randn(1, 1, 2, 4)
+    with pytest.raises(ValueError, match="sizes must be positive"):
+        _native_call(x, x, x, 1.0, 0, torch.empty_like(x), torch.empty(1, 2, 2))
 
 
 @pytest.mark.parametrize("batch,n,iters,damping", [(1, 1, 3, 0.0), (2, 13, 5, 0.0), (3, 31, 10, 0.15), (2, 64, 1, 1.0)])

@@ -1,6 +1,14 @@
-"""Attention with the head-averaged map for CPU tensors: cache-blocked over query rows, one pass over the logits.
+"""Attention with the head-averaged map for CPU tensors: one pass over the logits, the map written once.
 
-For each batch element and each block of R query rows, all H heads at once::
+Two implementations of the same formula:
+
+* ``native``: the C++ kernel of ``csrc/cpu/attention_with_map.cpp`` (module ``atedm_kernels._cpu``, AVX2 + FMA),
+  used for a float32 map of host tensors (at least one key, ``D >= 1``) on a CPU that runs it. Register-tiled products on cache-resident tiles, the softmax and the
+  head sum fused in between, tasks of (batch element, query-row block) spread over ``torch.get_num_threads()``
+  threads. Its design and cost notes are at the top of that file.
+* ``blocked``: plain PyTorch, described below; every other case, and wherever ``_cpu`` is not built.
+
+Blocked: for each batch element and each block of R query rows, all H heads at once::
 
     P[h, r, :] = softmax_j(q[b, h, r] . k[b, h, j] * scale)         # [H, R, M], one fused softmax
     out[b, h, r] = P[h, r, :] @ v[b, h]                               # [H, R, D]
@@ -18,6 +26,11 @@ from __future__ import annotations
 
 import torch
 
+try:
+    from .. import _cpu
+except ImportError:  # not built (ATEDM_BUILD_CPU=0, no C++ compiler, not x86-64): the blocked path alone
+    _cpu = None
+
 # Bytes of one block's float32 [H, R, M] logits (the probabilities take as many again): measured on a 2-core AMD
 # EPYC (32 MiB L3), 8-32 MiB per block ran within 5% of each other and 4 MiB or less lost 10-40% to per-call overhead.
 BLOCK_BYTES = 16 * 2**20
@@ -29,7 +42,55 @@ def block_rows(heads: int, n_keys: int) -> int:
     return max(MIN_BLOCK_ROWS, BLOCK_BYTES // (4 * heads * n_keys))
 
 
+def native_available() -> bool:
+    """Whether ``atedm_kernels._cpu`` is built and this CPU runs it."""
+    return _cpu is not None and _cpu.supported()
+
+
 def attention_with_map_cpu(
+    q: torch.Tensor,  # [B, H, N, D]
+    k: torch.Tensor,  # [B, H, M, D]
+    v: torch.Tensor,  # [B, H, M, D]
+    scale: float,
+    map_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    native = map_dtype == torch.float32 and q.device.type == "cpu" and k.shape[2] > 0 and q.shape[-1] > 0
+    if native and native_available():
+        return attention_with_map_native(q, k, v, scale)
+    return attention_with_map_blocked(q, k, v, scale, map_dtype)
+
+
+def _row_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def attention_with_map_native(
+    q: torch.Tensor,  # [B, H, N, D]
+    k: torch.Tensor,  # [B, H, M, D]
+    v: torch.Tensor,  # [B, H, M, D]
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The C++ kernel: float32 inputs taken as they are when their last dimension is contiguous (SD-XL's transposed
+    [B, N, H, D] views included), other dtypes converted once; a float32 map; the output in q's dtype."""
+
+    def as_f32(t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        return t if t.stride(-1) == 1 else t.contiguous()
+
+    q32, k32, v32 = as_f32(q), as_f32(k), as_f32(v)
+    batch, heads, n_q, head_dim = q.shape
+    n_k = k.shape[2]
+    out = torch.empty_like(q32)  # [B, H, N, D], q's memory layout
+    amap = torch.empty(batch, n_q, n_k, dtype=torch.float32, device=q.device)  # [B, N, M]
+    _cpu.attention_with_map_f32(
+        q32.data_ptr(), _row_strides(q32), k32.data_ptr(), _row_strides(k32), v32.data_ptr(), _row_strides(v32),
+        out.data_ptr(), _row_strides(out), amap.data_ptr(), batch, heads, n_q, n_k, head_dim, float(scale),
+        torch.get_num_threads(),
+    )
+    return out.to(q.dtype), amap
+
+
+def attention_with_map_blocked(
     q: torch.Tensor,  # [B, H, N, D]
     k: torch.Tensor,  # [B, H, M, D]
     v: torch.Tensor,  # [B, H, M, D]

@@ -1,0 +1,335 @@
+// Attention with the head-averaged map on x86-64 CPUs (AVX2 + FMA): one pass over the logits, L2-resident tiles.
+//
+//   P[b, h, i, :] = softmax_j(scale * q[b, h, i] . k[b, h, j])          exact row softmax over all M keys
+//   out[b, h, i]  = P[b, h, i, :] @ v[b, h]                             [D]
+//   amap[b, i, :] = (1 / H) * sum_h P[b, h, i, :]                       float32, written once
+//
+// Work is split into tasks of (batch element, block of R query rows); a task loops over the heads, so the map rows
+// [R, M] it owns are accumulated in cache and written to memory once (see kTaskFloats for R). Per head:
+//   1. S = (scale * Q) K^T with a 3x32 register-tiled micro-kernel over K^T packed in 32-key panels [D, 32];
+//   2. each row of S: max, e = exp(s - max) (a vectorised Cephes-style polynomial) in place, sum, and e / sum added
+//      to the map rows;
+//   3. O = (e V) / sum with a 3x32 micro-kernel over V padded to Dp columns, in blocks of kKeyBlock keys (the V block
+//      stays in L2 while every row group and column chunk passes over it).
+// FLOPs: 4 B H N M D (the two products, exactly those of plain attention) plus B H N M exps; bytes from DRAM: q, k,
+// v and out once each, and the map written once (4 B N M). K^T and V are packed once per call (one pass each).
+//
+// Threads: plain std::threads taking tasks from an atomic counter (no OpenMP runtime of our own next to torch's).
+// Each thread has its own scratch (Q tile, S rows, O tile), so tasks never share writable memory.
+#include "attention_with_map.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+namespace atedm::cpu {
+namespace {
+
+// Micro-tiles of both products: 3 rows x 32 columns, 3 x 4 ymm accumulators = 12 of AVX2's 16 registers, plus the 4
+// vectors of the shared operand row; per step 4 loads and 3 broadcasts feed 12 FMAs. (6 x 16 tiles, 2 loads and 6
+// broadcasts per 12 FMAs, ran 10-15% slower at 4096 keys.)
+constexpr int kTileRows = 3;
+constexpr int kTileCols = 32;       // also the K^T panel width and the padding of M and D
+constexpr int64_t kKeyBlock = 256;  // keys per P @ V block: a [256, Dp] slice of V (64 KiB at Dp = 64) stays in L2
+// R * Mp of a task. Measured at M = 4096 on a 2-core AMD EPYC (1 MiB L2, 32 MiB L3): R = 60 (1 MiB of logits and
+// 1 MiB of map rows, L3-resident) ran 1.5x faster than R = 12 (both in L2), because each task streams the head's
+// packed K^T and V (2 MiB) once: fewer, taller tasks read them fewer times.
+constexpr int64_t kTaskFloats = 262144;
+constexpr int64_t kMaxTaskRows = 96;
+
+int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<float[], AlignedFree>;
+
+Buffer alloc_floats(int64_t n) {
+  const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(n, 1) * 4, 64));
+  auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+  if (p == nullptr) throw std::bad_alloc();
+  return Buffer(p);
+}
+
+// exp(x) for x <= 0 (a logit minus its row maximum), relative error ~2 ulp; NaN stays NaN. Below -87.3 the result
+// is clamped to exp(-87.3) ~ 1e-38, which changes no probability at float32 precision.
+inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);  // max_ps returns its second operand for NaN: NaN passes through
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // r = x - n ln2, with ln2 split in two so that n * ln2_hi is exact
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  // e^r on |r| <= ln2 / 2: 1 + r + r^2 * p(r), p of degree 5 (Cephes expf's minimax coefficients)
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // times 2^n, built in the exponent field (n >= -126 after the clamp)
+  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2n));
+}
+
+float horizontal_max(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+double horizontal_sum(__m256d v) {
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+  return _mm_cvtsd_f64(s);
+}
+
+// s[r, 0:32] = sum_d q[r, d] * panel[d, 0:32] for r < ROWS; q rows have stride `d_len`, s rows `s_stride`.
+template <int ROWS>
+inline void logits_tile(const float* q, int64_t d_len, const float* panel, float* s, int64_t s_stride) {
+  __m256 acc[ROWS][4];
+  for (int r = 0; r < ROWS; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < d_len; ++d) {
+    __m256 kk[4];
+    for (int c = 0; c < 4; ++c) kk[c] = _mm256_load_ps(panel + d * kTileCols + 8 * c);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256 a = _mm256_broadcast_ss(q + r * d_len + d);
+      for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_fmadd_ps(a, kk[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int c = 0; c < 4; ++c) _mm256_store_ps(s + r * s_stride + 8 * c, acc[r][c]);
+}
+
+// o[r, 0:32] += sum_{m < len} p[r, m] * v[m, 0:32] for r < ROWS; p rows have stride `p_stride`, v rows `v_stride`,
+// o rows `o_stride`.
+template <int ROWS>
+inline void values_tile(const float* p, int64_t p_stride, const float* v, int64_t v_stride, int64_t len, float* o,
+                        int64_t o_stride) {
+  __m256 acc[ROWS][4];
+  for (int r = 0; r < ROWS; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_load_ps(o + r * o_stride + 8 * c);
+  for (int64_t m = 0; m < len; ++m) {
+    __m256 vv[4];
+    for (int c = 0; c < 4; ++c) vv[c] = _mm256_load_ps(v + m * v_stride + 8 * c);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256 a = _mm256_broadcast_ss(p + r * p_stride + m);
+      for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_fmadd_ps(a, vv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int c = 0; c < 4; ++c) _mm256_store_ps(o + r * o_stride + 8 * c, acc[r][c]);
+}
+
+// Dispatch a runtime row count (1..kTileRows) to the micro-kernel instantiated for it.
+template <template <int> class Kernel, typename... Args>
+inline void by_rows(int rows, Args... args) {
+  static_assert(kTileRows == 3, "by_rows instantiates rows 1..3");
+  switch (rows) {
+    case 3: Kernel<3>::run(args...); break;
+    case 2: Kernel<2>::run(args...); break;
+    default: Kernel<1>::run(args...); break;
+  }
+}
+template <int ROWS>
+struct LogitsTile {
+  static void run(const float* q, int64_t d_len, const float* panel, float* s, int64_t s_stride) {
+    logits_tile<ROWS>(q, d_len, panel, s, s_stride);
+  }
+};
+template <int ROWS>
+struct ValuesTile {
+  static void run(const float* p, int64_t p_stride, const float* v, int64_t v_stride, int64_t len, float* o,
+                  int64_t o_stride) {
+    values_tile<ROWS>(p, p_stride, v, v_stride, len, o, o_stride);
+  }
+};
+
+// One logits row s[0:m]: s[j] <- e_j = exp(s[j] - max) in place (entries m..m_pad-1 become 0, so that P @ V may run
+// over whole panels), and the head sum of p_j = e_j / sum(e): map_row = p (first head), map_row += p (middle heads),
+// map_row = (map_row + p) * inv_heads (last head). Returns 1 / sum(e), the factor that turns e @ V into P @ V.
+float softmax_row(float* s, int64_t m, int64_t m_pad, float* map_row, bool first, bool last, float inv_heads) {
+  const int64_t full = m / 8 * 8;
+  const int tail = static_cast<int>(m - full);
+  alignas(32) int32_t lane[8];
+  for (int i = 0; i < 8; ++i) lane[i] = i < tail ? -1 : 0;
+  const __m256 tail_mask = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(lane)));
+  const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+
+  __m256 vmax = neg_inf;
+  for (int64_t j = 0; j < full; j += 8) vmax = _mm256_max_ps(_mm256_load_ps(s + j), vmax);
+  if (tail) vmax = _mm256_max_ps(_mm256_blendv_ps(neg_inf, _mm256_load_ps(s + full), tail_mask), vmax);
+  const __m256 row_max = _mm256_set1_ps(horizontal_max(vmax));
+
+  // the sum in float64: float32 lanes summing M / 8 terms each lost up to 3x the reference's accuracy at M = 4096
+  __m256d vsum = _mm256_setzero_pd();
+  auto add = [&vsum](__m256 e) {
+    vsum = _mm256_add_pd(vsum, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    vsum = _mm256_add_pd(vsum, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  };
+  for (int64_t j = 0; j < full; j += 8) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_load_ps(s + j), row_max));
+    _mm256_store_ps(s + j, e);
+    add(e);
+  }
+  int64_t zero_from = full;
+  if (tail) {
+    const __m256 e = _mm256_and_ps(exp_nonpositive(_mm256_sub_ps(_mm256_load_ps(s + full), row_max)), tail_mask);
+    _mm256_store_ps(s + full, e);
+    add(e);
+    zero_from += 8;
+  }
+  std::fill(s + zero_from, s + m_pad, 0.0f);
+  const float inv_sum = static_cast<float>(1.0 / horizontal_sum(vsum));
+  const __m256 vinv = _mm256_set1_ps(inv_sum);
+  const __m256 vinv_heads = _mm256_set1_ps(inv_heads);
+  for (int64_t j = 0; j < full; j += 8) {
+    const __m256 p = _mm256_mul_ps(_mm256_load_ps(s + j), vinv);
+    __m256 acc = first ? p : _mm256_add_ps(_mm256_loadu_ps(map_row + j), p);
+    if (last) acc = _mm256_mul_ps(acc, vinv_heads);
+    _mm256_storeu_ps(map_row + j, acc);
+  }
+  for (int64_t j = full; j < m; ++j) {
+    float acc = first ? s[j] * inv_sum : map_row[j] + s[j] * inv_sum;
+    if (last) acc *= inv_heads;
+    map_row[j] = acc;
+  }
+  return inv_sum;
+}
+
+int worker_count(int64_t tasks, int threads) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
+}
+
+// Run body(i, w) for tasks i in [0, count), taken in order by worker_count(count, threads) workers w (the calling
+// thread is worker 0).
+template <typename Body>
+void parallel_tasks(int64_t count, int threads, const Body& body) {
+  const int workers = worker_count(count, threads);
+  std::atomic<int64_t> next{0};
+  auto worker = [&](int w) {
+    for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) body(i, w);
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(workers - 1);
+  for (int w = 1; w < workers; ++w) pool.emplace_back(worker, w);
+  worker(0);
+  for (auto& t : pool) t.join();
+}
+
+}  // namespace
+
+bool supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+int64_t task_rows(int64_t n_keys) {
+  const int64_t rows = kTaskFloats / round_up(n_keys, kTileCols) / kTileRows * kTileRows;
+  return std::clamp<int64_t>(rows, kTileRows, kMaxTaskRows);
+}
+
+void attention_with_map_f32(const float* q, Strides qs, const float* k, Strides ks, const float* v, Strides vs,
+                            float* out, Strides os, float* amap, int64_t batch, int64_t heads, int64_t n_q,
+                            int64_t n_k, int64_t d, float scale, int threads) {
+  if (batch < 0 || heads < 1 || n_q < 0 || n_k < 1 || d < 1 || threads < 1) {
+    throw std::invalid_argument("attention_with_map_f32: sizes must be positive (heads, n_k, d, threads >= 1)");
+  }
+  if (batch == 0 || n_q == 0) return;
+  const int64_t m_pad = round_up(n_k, kTileCols);  // keys, padded to whole panels
+  const int64_t d_pad = round_up(d, kTileCols);    // value columns, padded to whole column chunks
+  const int64_t bh = batch * heads;
+
+  // Pack once per call: K^T as panels [Mp / 32][D][32] and V as [Mp, Dp], both zero-padded.
+  Buffer keys_t = alloc_floats(bh * m_pad * d);
+  Buffer values = alloc_floats(bh * m_pad * d_pad);
+  parallel_tasks(bh, threads, [&](int64_t i, int) {
+    const int64_t b = i / heads, h = i % heads;
+    const float* kbh = k + b * ks.batch + h * ks.head;
+    const float* vbh = v + b * vs.batch + h * vs.head;
+    float* kt = keys_t.get() + i * m_pad * d;
+    float* vp = values.get() + i * m_pad * d_pad;
+    for (int64_t panel = 0; panel < m_pad / kTileCols; ++panel) {
+      float* dst = kt + panel * d * kTileCols;  // [D, 32]
+      for (int64_t c = 0; c < kTileCols; ++c) {
+        const int64_t j = panel * kTileCols + c;
+        for (int64_t e = 0; e < d; ++e) dst[e * kTileCols + c] = j < n_k ? kbh[j * ks.row + e] : 0.0f;
+      }
+    }
+    for (int64_t j = 0; j < m_pad; ++j) {
+      float* dst = vp + j * d_pad;
+      if (j < n_k) {
+        std::memcpy(dst, vbh + j * vs.row, d * sizeof(float));
+        std::fill(dst + d, dst + d_pad, 0.0f);
+      } else {
+        std::fill(dst, dst + d_pad, 0.0f);
+      }
+    }
+  });
+
+  const int64_t rows_per_task = task_rows(n_k);
+  const int64_t blocks = (n_q + rows_per_task - 1) / rows_per_task;
+  const float inv_heads = 1.0f / static_cast<float>(heads);
+  const int workers = worker_count(batch * blocks, threads);
+  std::vector<Buffer> q_tiles, s_rows, o_tiles;  // scratch of each worker
+  for (int w = 0; w < workers; ++w) {
+    q_tiles.push_back(alloc_floats(rows_per_task * d));
+    s_rows.push_back(alloc_floats(rows_per_task * m_pad));
+    o_tiles.push_back(alloc_floats(rows_per_task * d_pad));
+  }
+  parallel_tasks(batch * blocks, threads, [&](int64_t task, int w) {
+    float* qt = q_tiles[w].get();  // [R, D], scaled queries
+    float* s = s_rows[w].get();    // [R, Mp], logits, then e = exp(logit - row max)
+    float* o = o_tiles[w].get();   // [R, Dp], output rows
+    float inv_sums[kMaxTaskRows];  // 1 / sum(e) of each row
+    const int64_t b = task / blocks;
+    const int64_t row0 = (task % blocks) * rows_per_task;
+    const int64_t rows = std::min(rows_per_task, n_q - row0);
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* kt = keys_t.get() + (b * heads + h) * m_pad * d;
+      const float* vp = values.get() + (b * heads + h) * m_pad * d_pad;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* src = q + b * qs.batch + h * qs.head + (row0 + r) * qs.row;
+        for (int64_t e = 0; e < d; ++e) qt[r * d + e] = src[e] * scale;
+      }
+      // 1. logits: every 32-key panel (8 KiB at D = 64) stays in L1 while all row groups pass over it
+      for (int64_t panel = 0; panel < m_pad / kTileCols; ++panel) {
+        for (int64_t r = 0; r < rows; r += kTileRows) {
+          by_rows<LogitsTile>(static_cast<int>(std::min<int64_t>(kTileRows, rows - r)), qt + r * d, d,
+                              kt + panel * d * kTileCols, s + r * m_pad + panel * kTileCols, m_pad);
+        }
+      }
+      // 2. softmax (e = exp(s - max), left unnormalised) and the head sum of the probabilities, row by row
+      for (int64_t r = 0; r < rows; ++r) {
+        inv_sums[r] = softmax_row(s + r * m_pad, n_k, m_pad, amap + (b * n_q + row0 + r) * n_k, h == 0,
+                                  h == heads - 1, inv_heads);
+      }
+      // 3. out = (e V) / sum(e), V in blocks of kKeyBlock keys
+      std::fill(o, o + rows * d_pad, 0.0f);
+      for (int64_t key0 = 0; key0 < m_pad; key0 += kKeyBlock) {
+        const int64_t len = std::min(kKeyBlock, m_pad - key0);
+        for (int64_t col = 0; col < d_pad; col += kTileCols) {
+          for (int64_t r = 0; r < rows; r += kTileRows) {
+            by_rows<ValuesTile>(static_cast<int>(std::min<int64_t>(kTileRows, rows - r)), s + r * m_pad + key0,
+                                m_pad, vp + key0 * d_pad + col, d_pad, len, o + r * d_pad + col, d_pad);
+          }
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        float* dst = out + b * os.batch + h * os.head + (row0 + r) * os.row;
+        for (int64_t e = 0; e < d; ++e) dst[e] = o[r * d_pad + e] * inv_sums[r];
+      }
+    }
+  });
+}
+
+}  // namespace atedm::cpu
