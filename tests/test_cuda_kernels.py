@@ -252,7 +252,8 @@ def test_auto_backend_on_cpu_tensors_is_the_reference(monkeypatch):
     amap, scores, keep_idx, prune_idx, src, x = _small_problem()
     x_kept = gather_tokens_reference(x, keep_idx)
     calls = _all_op_calls("auto")
-    assert torch.equal(calls["gwpr"](), gwpr_reference(amap, 3, 0.0))
+    # gwpr on CPU tensors runs the cpu kernel where it exists: its sums in float64, the reference's in float32
+    torch.testing.assert_close(calls["gwpr"](), gwpr_reference(amap, 3, 0.0), rtol=1e-6, atol=0)
     for got, want in zip(calls["select_tokens"](), (keep_idx, prune_idx)):
         assert torch.equal(got, want)
     assert torch.equal(calls["similarity_sources"](), src)

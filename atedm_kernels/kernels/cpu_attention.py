@@ -3,7 +3,8 @@
 Two implementations of the same formula:
 
 * ``native``: the C++ kernel of ``csrc/cpu/attention_with_map.cpp`` (module ``atedm_kernels._cpu``, AVX2 + FMA),
-  used for a float32 map of host tensors (at least one key, ``D >= 1``) on a CPU that runs it. Register-tiled products on cache-resident tiles, the softmax and the
+  used for host tensors (at least one key, ``D >= 1``) on a CPU that runs it; the map is summed in float32 and
+  written once in its dtype. Register-tiled products on cache-resident tiles, the softmax and the
   head sum fused in between, tasks of (batch element, query-row block) spread over ``torch.get_num_threads()``
   threads. Its design and cost notes are at the top of that file.
 * ``blocked``: plain PyTorch, described below; every other case, and wherever ``_cpu`` is not built.
@@ -31,6 +32,9 @@ try:
 except ImportError:  # not built (ATEDM_BUILD_CPU=0, no C++ compiler, not x86-64): the blocked path alone
     _cpu = None
 
+# dtype codes of atedm_kernels._cpu (csrc/cpu/pruning.h), the same as the CUDA module's
+DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+
 # Bytes of one block's float32 [H, R, M] logits (the probabilities take as many again): measured on a 2-core AMD
 # EPYC (32 MiB L3), 8-32 MiB per block ran within 5% of each other and 4 MiB or less lost 10-40% to per-call overhead.
 BLOCK_BYTES = 16 * 2**20
@@ -42,9 +46,13 @@ def block_rows(heads: int, n_keys: int) -> int:
     return max(MIN_BLOCK_ROWS, BLOCK_BYTES // (4 * heads * n_keys))
 
 
+# asked once: a pybind11 call inside a torch.compile'd U-Net would break its graph
+_NATIVE = _cpu is not None and _cpu.supported()
+
+
 def native_available() -> bool:
     """Whether ``atedm_kernels._cpu`` is built and this CPU runs it."""
-    return _cpu is not None and _cpu.supported()
+    return _NATIVE
 
 
 def attention_with_map_cpu(
@@ -54,9 +62,9 @@ def attention_with_map_cpu(
     scale: float,
     map_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    native = map_dtype == torch.float32 and q.device.type == "cpu" and k.shape[2] > 0 and q.shape[-1] > 0
+    native = q.device.type == "cpu" and k.shape[2] > 0 and q.shape[-1] > 0
     if native and native_available():
-        return attention_with_map_native(q, k, v, scale)
+        return attention_with_map_native(q, k, v, scale, map_dtype)
     return attention_with_map_blocked(q, k, v, scale, map_dtype)
 
 
@@ -69,9 +77,10 @@ def attention_with_map_native(
     k: torch.Tensor,  # [B, H, M, D]
     v: torch.Tensor,  # [B, H, M, D]
     scale: float,
+    map_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The C++ kernel: float32 inputs taken as they are when their last dimension is contiguous (SD-XL's transposed
-    [B, N, H, D] views included), other dtypes converted once; a float32 map; the output in q's dtype."""
+    [B, N, H, D] views included), other dtypes converted once; the output in q's dtype."""
 
     def as_f32(t: torch.Tensor) -> torch.Tensor:
         t = t.float()
@@ -81,11 +90,11 @@ def attention_with_map_native(
     batch, heads, n_q, head_dim = q.shape
     n_k = k.shape[2]
     out = torch.empty_like(q32)  # [B, H, N, D], q's memory layout
-    amap = torch.empty(batch, n_q, n_k, dtype=torch.float32, device=q.device)  # [B, N, M]
+    amap = torch.empty(batch, n_q, n_k, dtype=map_dtype, device=q.device)  # [B, N, M]
     _cpu.attention_with_map_f32(
         q32.data_ptr(), _row_strides(q32), k32.data_ptr(), _row_strides(k32), v32.data_ptr(), _row_strides(v32),
-        out.data_ptr(), _row_strides(out), amap.data_ptr(), batch, heads, n_q, n_k, head_dim, float(scale),
-        torch.get_num_threads(),
+        out.data_ptr(), _row_strides(out), amap.data_ptr(), DTYPE_CODES[map_dtype], batch, heads, n_q, n_k,
+        head_dim, float(scale), torch.get_num_threads(),
     )
     return out.to(q.dtype), amap
 

@@ -1,8 +1,8 @@
-// Attention with the head-averaged map on x86-64 CPUs (AVX2 + FMA): one pass over the logits, L2-resident tiles.
+// Attention with the head-averaged map on x86-64 CPUs (AVX2 + FMA + F16C): one pass over the logits, L2-resident tiles.
 //
 //   P[b, h, i, :] = softmax_j(scale * q[b, h, i] . k[b, h, j])          exact row softmax over all M keys
 //   out[b, h, i]  = P[b, h, i, :] @ v[b, h]                             [D]
-//   amap[b, i, :] = (1 / H) * sum_h P[b, h, i, :]                       float32, written once
+//   amap[b, i, :] = (1 / H) * sum_h P[b, h, i, :]                       summed in float32, written once (f32/f16/bf16)
 //
 // Work is split into tasks of (batch element, block of R query rows); a task loops over the heads, so the map rows
 // [R, M] it owns are accumulated in cache and written to memory once (see kTaskFloats for R). Per head:
@@ -18,7 +18,10 @@
 // Each thread has its own scratch (Q tile, S rows, O tile), so tasks never share writable memory.
 #include "attention_with_map.h"
 
+#include "pruning.h"  // MapDtype
+
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -27,6 +30,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -58,6 +62,77 @@ Buffer alloc_floats(int64_t n) {
   auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
   if (p == nullptr) throw std::bad_alloc();
   return Buffer(p);
+}
+
+// Buffers kept between calls: a fresh 40 MiB of packed K and V per SD-XL layer cost ~10 ms of page faults each call.
+// One call at a time uses them (a concurrent call allocates its own); they only grow, and live until exit.
+class Workspace {
+ public:
+  float* get(size_t slot, int64_t floats) {
+    if (slot >= buffers_.size()) {
+      buffers_.resize(slot + 1);
+      sizes_.resize(slot + 1, 0);
+    }
+    if (sizes_[slot] < floats) {
+      buffers_[slot] = alloc_floats(floats);
+      sizes_[slot] = floats;
+    }
+    return buffers_[slot].get();
+  }
+
+ private:
+  std::vector<Buffer> buffers_;
+  std::vector<int64_t> sizes_;
+};
+
+std::mutex shared_workspace_mutex;
+Workspace shared_workspace;
+
+// Ask Linux for transparent huge pages on the 2 MiB-aligned interior of a region about to be written for the first
+// time (a hint: without THP, or with it off, nothing changes). torch.empty hands the map over untouched; faulting in
+// SD-XL's 134 MB float32 map in 4 KiB pages took 35-50 ms per 4096-token layer, against 6 ms in 2 MiB pages.
+void advise_huge_pages(void* data, int64_t bytes) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+// 8 float32 lanes stored as the map's dtype (round to nearest even; NaN stays NaN).
+inline void store8(void* dst, int64_t j, __m256 v, int dtype) {
+  if (dtype == kFloat32) {
+    _mm256_storeu_ps(static_cast<float*>(dst) + j, v);
+    return;
+  }
+  __m128i half;
+  if (dtype == kFloat16) {
+    half = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  } else {
+    const __m256i bits = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb));
+    const __m256 is_nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    rounded = _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(_mm256_or_si256(bits, _mm256_set1_epi32(0x400000))), is_nan));
+    const __m256i high = _mm256_srli_epi32(rounded, 16);  // [8 x u32], values < 2^16
+    half = _mm_packus_epi32(_mm256_castsi256_si128(high), _mm256_extracti128_si256(high, 1));
+  }
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(dst) + j), half);
+}
+
+inline void store1(void* dst, int64_t j, float v, int dtype) {
+  if (dtype == kFloat32) {
+    static_cast<float*>(dst)[j] = v;
+    return;
+  }
+  alignas(32) uint16_t lanes[8];
+  store8(lanes, 0, _mm256_set1_ps(v), dtype);
+  static_cast<uint16_t*>(dst)[j] = lanes[0];
 }
 
 // exp(x) for x <= 0 (a logit minus its row maximum), relative error ~2 ulp; NaN stays NaN. Below -87.3 the result
@@ -158,9 +233,11 @@ struct ValuesTile {
 };
 
 // One logits row s[0:m]: s[j] <- e_j = exp(s[j] - max) in place (entries m..m_pad-1 become 0, so that P @ V may run
-// over whole panels), and the head sum of p_j = e_j / sum(e): map_row = p (first head), map_row += p (middle heads),
-// map_row = (map_row + p) * inv_heads (last head). Returns 1 / sum(e), the factor that turns e @ V into P @ V.
-float softmax_row(float* s, int64_t m, int64_t m_pad, float* map_row, bool first, bool last, float inv_heads) {
+// over whole panels), and the head sum of p_j = e_j / sum(e) in float32 `acc`: acc = p (first head), acc += p
+// (middle heads); at the last head (acc + p) * inv_heads goes to `map_row` in the map's dtype instead. Returns
+// 1 / sum(e), the factor that turns e @ V into P @ V.
+float softmax_row(float* s, int64_t m, int64_t m_pad, float* acc, void* map_row, int map_dtype, bool first, bool last,
+                  float inv_heads) {
   const int64_t full = m / 8 * 8;
   const int tail = static_cast<int>(m - full);
   alignas(32) int32_t lane[8];
@@ -197,14 +274,20 @@ float softmax_row(float* s, int64_t m, int64_t m_pad, float* map_row, bool first
   const __m256 vinv_heads = _mm256_set1_ps(inv_heads);
   for (int64_t j = 0; j < full; j += 8) {
     const __m256 p = _mm256_mul_ps(_mm256_load_ps(s + j), vinv);
-    __m256 acc = first ? p : _mm256_add_ps(_mm256_loadu_ps(map_row + j), p);
-    if (last) acc = _mm256_mul_ps(acc, vinv_heads);
-    _mm256_storeu_ps(map_row + j, acc);
+    const __m256 sum = first ? p : _mm256_add_ps(_mm256_load_ps(acc + j), p);
+    if (last) {
+      store8(map_row, j, _mm256_mul_ps(sum, vinv_heads), map_dtype);
+    } else {
+      _mm256_store_ps(acc + j, sum);
+    }
   }
   for (int64_t j = full; j < m; ++j) {
-    float acc = first ? s[j] * inv_sum : map_row[j] + s[j] * inv_sum;
-    if (last) acc *= inv_heads;
-    map_row[j] = acc;
+    const float sum = first ? s[j] * inv_sum : acc[j] + s[j] * inv_sum;
+    if (last) {
+      store1(map_row, j, sum * inv_heads, map_dtype);
+    } else {
+      acc[j] = sum;
+    }
   }
   return inv_sum;
 }
@@ -231,7 +314,9 @@ void parallel_tasks(int64_t count, int threads, const Body& body) {
 
 }  // namespace
 
-bool supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+bool supported() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
 
 int64_t task_rows(int64_t n_keys) {
   const int64_t rows = kTaskFloats / round_up(n_keys, kTileCols) / kTileRows * kTileRows;
@@ -239,25 +324,31 @@ int64_t task_rows(int64_t n_keys) {
 }
 
 void attention_with_map_f32(const float* q, Strides qs, const float* k, Strides ks, const float* v, Strides vs,
-                            float* out, Strides os, float* amap, int64_t batch, int64_t heads, int64_t n_q,
-                            int64_t n_k, int64_t d, float scale, int threads) {
+                            float* out, Strides os, void* amap, int map_dtype, int64_t batch, int64_t heads,
+                            int64_t n_q, int64_t n_k, int64_t d, float scale, int threads) {
   if (batch < 0 || heads < 1 || n_q < 0 || n_k < 1 || d < 1 || threads < 1) {
     throw std::invalid_argument("attention_with_map_f32: sizes must be positive (heads, n_k, d, threads >= 1)");
   }
+  if (map_dtype != kFloat16 && map_dtype != kBFloat16 && map_dtype != kFloat32) {
+    throw std::invalid_argument("attention_with_map_f32: map_dtype must be 0 (float16), 1 (bfloat16) or 2 (float32)");
+  }
+  std::unique_lock<std::mutex> lock(shared_workspace_mutex, std::try_to_lock);
+  Workspace own;
+  Workspace& ws = lock.owns_lock() ? shared_workspace : own;
   if (batch == 0 || n_q == 0) return;
   const int64_t m_pad = round_up(n_k, kTileCols);  // keys, padded to whole panels
   const int64_t d_pad = round_up(d, kTileCols);    // value columns, padded to whole column chunks
   const int64_t bh = batch * heads;
 
   // Pack once per call: K^T as panels [Mp / 32][D][32] and V as [Mp, Dp], both zero-padded.
-  Buffer keys_t = alloc_floats(bh * m_pad * d);
-  Buffer values = alloc_floats(bh * m_pad * d_pad);
+  float* const keys_t = ws.get(0, bh * m_pad * d);
+  float* const values = ws.get(1, bh * m_pad * d_pad);
   parallel_tasks(bh, threads, [&](int64_t i, int) {
     const int64_t b = i / heads, h = i % heads;
     const float* kbh = k + b * ks.batch + h * ks.head;
     const float* vbh = v + b * vs.batch + h * vs.head;
-    float* kt = keys_t.get() + i * m_pad * d;
-    float* vp = values.get() + i * m_pad * d_pad;
+    float* kt = keys_t + i * m_pad * d;
+    float* vp = values + i * m_pad * d_pad;
     for (int64_t panel = 0; panel < m_pad / kTileCols; ++panel) {
       float* dst = kt + panel * d * kTileCols;  // [D, 32]
       for (int64_t c = 0; c < kTileCols; ++c) {
@@ -280,23 +371,27 @@ void attention_with_map_f32(const float* q, Strides qs, const float* k, Strides 
   const int64_t blocks = (n_q + rows_per_task - 1) / rows_per_task;
   const float inv_heads = 1.0f / static_cast<float>(heads);
   const int workers = worker_count(batch * blocks, threads);
-  std::vector<Buffer> q_tiles, s_rows, o_tiles;  // scratch of each worker
+  std::vector<float*> q_tiles, s_rows, acc_rows, o_tiles;  // scratch of each worker
   for (int w = 0; w < workers; ++w) {
-    q_tiles.push_back(alloc_floats(rows_per_task * d));
-    s_rows.push_back(alloc_floats(rows_per_task * m_pad));
-    o_tiles.push_back(alloc_floats(rows_per_task * d_pad));
+    q_tiles.push_back(ws.get(2 + 4 * w, rows_per_task * d));
+    s_rows.push_back(ws.get(3 + 4 * w, rows_per_task * m_pad));
+    acc_rows.push_back(ws.get(4 + 4 * w, rows_per_task * m_pad));
+    o_tiles.push_back(ws.get(5 + 4 * w, rows_per_task * d_pad));
   }
+  const int64_t map_bytes = map_dtype == kFloat32 ? 4 : 2;
+  advise_huge_pages(amap, batch * n_q * n_k * map_bytes);
   parallel_tasks(batch * blocks, threads, [&](int64_t task, int w) {
-    float* qt = q_tiles[w].get();  // [R, D], scaled queries
-    float* s = s_rows[w].get();    // [R, Mp], logits, then e = exp(logit - row max)
-    float* o = o_tiles[w].get();   // [R, Dp], output rows
+    float* qt = q_tiles[w];     // [R, D], scaled queries
+    float* s = s_rows[w];       // [R, Mp], logits, then e = exp(logit - row max)
+    float* acc = acc_rows[w];   // [R, Mp], the head sum of the probabilities so far
+    float* o = o_tiles[w];      // [R, Dp], output rows
     float inv_sums[kMaxTaskRows];  // 1 / sum(e) of each row
     const int64_t b = task / blocks;
     const int64_t row0 = (task % blocks) * rows_per_task;
     const int64_t rows = std::min(rows_per_task, n_q - row0);
     for (int64_t h = 0; h < heads; ++h) {
-      const float* kt = keys_t.get() + (b * heads + h) * m_pad * d;
-      const float* vp = values.get() + (b * heads + h) * m_pad * d_pad;
+      const float* kt = keys_t + (b * heads + h) * m_pad * d;
+      const float* vp = values + (b * heads + h) * m_pad * d_pad;
       for (int64_t r = 0; r < rows; ++r) {
         const float* src = q + b * qs.batch + h * qs.head + (row0 + r) * qs.row;
         for (int64_t e = 0; e < d; ++e) qt[r * d + e] = src[e] * scale;
@@ -310,7 +405,8 @@ void attention_with_map_f32(const float* q, Strides qs, const float* k, Strides 
       }
       // 2. softmax (e = exp(s - max), left unnormalised) and the head sum of the probabilities, row by row
       for (int64_t r = 0; r < rows; ++r) {
-        inv_sums[r] = softmax_row(s + r * m_pad, n_k, m_pad, amap + (b * n_q + row0 + r) * n_k, h == 0,
+        void* map_row = static_cast<char*>(amap) + (b * n_q + row0 + r) * n_k * map_bytes;
+        inv_sums[r] = softmax_row(s + r * m_pad, n_k, m_pad, acc + r * m_pad, map_row, map_dtype, h == 0,
                                   h == heads - 1, inv_heads);
       }
       // 3. out = (e V) / sum(e), V in blocks of kKeyBlock keys

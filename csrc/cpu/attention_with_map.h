@@ -14,16 +14,17 @@ struct Strides {
   int64_t batch, head, row;
 };
 
-// Whether this CPU runs the kernels (AVX2 and FMA).
+// Whether this CPU runs the kernels (AVX2, FMA and F16C).
 bool supported();
 
 // Query rows per task for n_keys keys: the task's logits and map rows fit in L2 together.
 int64_t task_rows(int64_t n_keys);
 
-// out [B, H, N, D] <- softmax(scale * q k^T) v per head, amap [B, N, M] (contiguous) <- its mean over heads; q
-// [B, H, N, D], k and v [B, H, M, D], all float32; `threads` workers (the calling thread included).
+// out [B, H, N, D] <- softmax(scale * q k^T) v per head, amap [B, N, M] (contiguous, dtype code map_dtype as in
+// pruning.h) <- its mean over heads; q [B, H, N, D], k and v [B, H, M, D], all float32; `threads` workers (the
+// calling thread included).
 void attention_with_map_f32(const float* q, Strides qs, const float* k, Strides ks, const float* v, Strides vs,
-                            float* out, Strides os, float* amap, int64_t batch, int64_t heads, int64_t n_q,
-                            int64_t n_k, int64_t d, float scale, int threads);
+                            float* out, Strides os, void* amap, int map_dtype, int64_t batch, int64_t heads,
+                            int64_t n_q, int64_t n_k, int64_t d, float scale, int threads);
 
 }  // namespace atedm::cpu

@@ -57,7 +57,8 @@ def compiler() -> str | None:
 
 def _sources() -> list[Path]:
     own = [HERE / name for name in ("cuda_host.h", "runtime.cpp", "binding.cpp", "build.py")]
-    return sorted(CSRC.glob("*")) + own + sorted((HERE / "include").glob("*.h"))
+    # csrc/'s own files (csrc/cpu/ holds the CPU module's kernels, which no CUDA source includes)
+    return [p for p in sorted(CSRC.glob("*")) if p.is_file()] + own + sorted((HERE / "include").glob("*.h"))
 
 
 def _run(command: list[str]) -> str:
