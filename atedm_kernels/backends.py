@@ -2,23 +2,25 @@
 
 Every op has a pure-PyTorch reference, which defines it. Some also have kernels:
 
-=====================  ===========  ==========================================
-op                     GPU backend  CPU backend (``"cpu"``)
-=====================  ===========  ==========================================
-attention_with_map     ``"triton"``  cache-blocked, one softmax per row block
+=====================  ===========  ==========================================================
+op                     GPU backend  CPU backend (``"cpu"``): C++ kernel / PyTorch fallback
+=====================  ===========  ==========================================================
+attention_with_map     ``"triton"``  register-tiled, fused softmax and head sum / row-blocked
 attention              ``"triton"``
-gwpr                   ``"cuda"``    per-batch GEMV power iteration
+gwpr                   ``"cuda"``    row-streaming power iteration, float64 sums / GEMV
 select_tokens          ``"cuda"``
-similarity_sources     ``"cuda"``    per-batch block argmax
+similarity_sources     ``"cuda"``    gathered running argmax / block argmax
 gather_tokens          ``"cuda"``
 recover_tokens         ``"cuda"``
 gwpr_cross, sito_select  reference only
-=====================  ===========  ==========================================
+=====================  ===========  ==========================================================
 
 ``backend="auto"`` (the default, or whatever ``ATEDM_BACKEND`` names) picks the op's GPU backend for CUDA
 tensors when it is available (the reference otherwise, with one warning), and for tensors on any other device
-(CPU, MPS) the op's ``"cpu"`` kernel where it has one, else the reference. The ``"cpu"`` kernels are plain PyTorch
-written for a CPU's caches (:mod:`atedm_kernels.kernels.cpu_attention`, :mod:`atedm_kernels.kernels.cpu_pruning`).
+(CPU, MPS) the op's ``"cpu"`` kernel where it has one, else the reference. A ``"cpu"`` kernel is the C++ of the
+module ``atedm_kernels._cpu`` (``csrc/cpu/``, x86-64 with AVX2, FMA and F16C) for host tensors where it is built and
+the CPU runs it, and plain PyTorch written for a CPU's caches otherwise (MPS, other CPUs, no build):
+:mod:`atedm_kernels.kernels.cpu_attention`, :mod:`atedm_kernels.kernels.cpu_pruning`.
 Asking for a backend by name that cannot run raises a ``RuntimeError`` that says why, so a test that forces a
 backend never silently measures another one. Under ``TRITON_INTERPRET=1`` the ``"triton"`` backend also runs on CPU
 tensors.

@@ -80,3 +80,18 @@ def test_gpu_benchmarks_refuse_without_cuda(name, monkeypatch, capsys):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert load(name).main([]) == 2
     assert "needs a GPU" in capsys.readouterr().err
+
+
+def test_cpu_kernels_benchmark_smoke(tmp_path, capsys):
+    from atedm_kernels.kernels import cpu_attention
+
+    out = tmp_path / "cpu.json"
+    assert load("benchmark_cpu_kernels").main(["--smoke", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    methods = {(row["op"], row["method"]) for row in report["rows"]}
+    want = {("attention_with_map", m) for m in ("sdpa", "blocked", "eager")} | {("gwpr", "torch")}
+    if cpu_attention.native_available():
+        want |= {("attention_with_map", "native"), ("attention_with_map", "native-f32map"), ("gwpr", "native"),
+                 ("similarity_sources", "native")}
+    assert want <= methods and report["native"] == cpu_attention.native_available()
+    assert all(row["seconds"] > 0 for row in report["rows"]) and "sgemm" in capsys.readouterr().out
