@@ -170,67 +170,38 @@ double horizontal_sum(__m256d v) {
   return _mm_cvtsd_f64(s);
 }
 
-// s[r, 0:32] = sum_d q[r, d] * panel[d, 0:32] for r < ROWS; q rows have stride `d_len`, s rows `s_stride`.
+// The micro-kernel of both products: c[r, 0:32] (+)= sum_{t < len} a[r, t] * b[t, 0:32] for r < ROWS, a rows at stride
+// `a_stride`, b rows at `b_stride`, c rows at `c_stride`; `accumulate` adds to c, otherwise c is overwritten.
+// Logits: a = scaled q rows, b = a K^T panel, t over D. Values: a = e rows, b = V rows, t over a key block.
 template <int ROWS>
-inline void logits_tile(const float* q, int64_t d_len, const float* panel, float* s, int64_t s_stride) {
+inline void tile_product(const float* a, int64_t a_stride, const float* b, int64_t b_stride, int64_t len, float* c,
+                         int64_t c_stride, bool accumulate) {
   __m256 acc[ROWS][4];
   for (int r = 0; r < ROWS; ++r)
-    for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_setzero_ps();
-  for (int64_t d = 0; d < d_len; ++d) {
-    __m256 kk[4];
-    for (int c = 0; c < 4; ++c) kk[c] = _mm256_load_ps(panel + d * kTileCols + 8 * c);
+    for (int col = 0; col < 4; ++col)
+      acc[r][col] = accumulate ? _mm256_load_ps(c + r * c_stride + 8 * col) : _mm256_setzero_ps();
+  for (int64_t t = 0; t < len; ++t) {
+    __m256 bt[4];
+    for (int col = 0; col < 4; ++col) bt[col] = _mm256_load_ps(b + t * b_stride + 8 * col);
     for (int r = 0; r < ROWS; ++r) {
-      const __m256 a = _mm256_broadcast_ss(q + r * d_len + d);
-      for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_fmadd_ps(a, kk[c], acc[r][c]);
+      const __m256 at = _mm256_broadcast_ss(a + r * a_stride + t);
+      for (int col = 0; col < 4; ++col) acc[r][col] = _mm256_fmadd_ps(at, bt[col], acc[r][col]);
     }
   }
   for (int r = 0; r < ROWS; ++r)
-    for (int c = 0; c < 4; ++c) _mm256_store_ps(s + r * s_stride + 8 * c, acc[r][c]);
+    for (int col = 0; col < 4; ++col) _mm256_store_ps(c + r * c_stride + 8 * col, acc[r][col]);
 }
 
-// o[r, 0:32] += sum_{m < len} p[r, m] * v[m, 0:32] for r < ROWS; p rows have stride `p_stride`, v rows `v_stride`,
-// o rows `o_stride`.
-template <int ROWS>
-inline void values_tile(const float* p, int64_t p_stride, const float* v, int64_t v_stride, int64_t len, float* o,
-                        int64_t o_stride) {
-  __m256 acc[ROWS][4];
-  for (int r = 0; r < ROWS; ++r)
-    for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_load_ps(o + r * o_stride + 8 * c);
-  for (int64_t m = 0; m < len; ++m) {
-    __m256 vv[4];
-    for (int c = 0; c < 4; ++c) vv[c] = _mm256_load_ps(v + m * v_stride + 8 * c);
-    for (int r = 0; r < ROWS; ++r) {
-      const __m256 a = _mm256_broadcast_ss(p + r * p_stride + m);
-      for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_fmadd_ps(a, vv[c], acc[r][c]);
-    }
-  }
-  for (int r = 0; r < ROWS; ++r)
-    for (int c = 0; c < 4; ++c) _mm256_store_ps(o + r * o_stride + 8 * c, acc[r][c]);
-}
-
-// Dispatch a runtime row count (1..kTileRows) to the micro-kernel instantiated for it.
-template <template <int> class Kernel, typename... Args>
-inline void by_rows(int rows, Args... args) {
-  static_assert(kTileRows == 3, "by_rows instantiates rows 1..3");
+// tile_product for a runtime row count 1..kTileRows.
+inline void tile_product_rows(int rows, const float* a, int64_t a_stride, const float* b, int64_t b_stride,
+                              int64_t len, float* c, int64_t c_stride, bool accumulate) {
+  static_assert(kTileRows == 3, "tile_product_rows instantiates rows 1..3");
   switch (rows) {
-    case 3: Kernel<3>::run(args...); break;
-    case 2: Kernel<2>::run(args...); break;
-    default: Kernel<1>::run(args...); break;
+    case 3: tile_product<3>(a, a_stride, b, b_stride, len, c, c_stride, accumulate); break;
+    case 2: tile_product<2>(a, a_stride, b, b_stride, len, c, c_stride, accumulate); break;
+    default: tile_product<1>(a, a_stride, b, b_stride, len, c, c_stride, accumulate); break;
   }
 }
-template <int ROWS>
-struct LogitsTile {
-  static void run(const float* q, int64_t d_len, const float* panel, float* s, int64_t s_stride) {
-    logits_tile<ROWS>(q, d_len, panel, s, s_stride);
-  }
-};
-template <int ROWS>
-struct ValuesTile {
-  static void run(const float* p, int64_t p_stride, const float* v, int64_t v_stride, int64_t len, float* o,
-                  int64_t o_stride) {
-    values_tile<ROWS>(p, p_stride, v, v_stride, len, o, o_stride);
-  }
-};
 
 // One logits row s[0:m]: s[j] <- e_j = exp(s[j] - max) in place (entries m..m_pad-1 become 0, so that P @ V may run
 // over whole panels), and the head sum of p_j = e_j / sum(e) in float32 `acc`: acc = p (first head), acc += p
@@ -399,8 +370,9 @@ void attention_with_map_f32(const float* q, Strides qs, const float* k, Strides 
       // 1. logits: every 32-key panel (8 KiB at D = 64) stays in L1 while all row groups pass over it
       for (int64_t panel = 0; panel < m_pad / kTileCols; ++panel) {
         for (int64_t r = 0; r < rows; r += kTileRows) {
-          by_rows<LogitsTile>(static_cast<int>(std::min<int64_t>(kTileRows, rows - r)), qt + r * d, d,
-                              kt + panel * d * kTileCols, s + r * m_pad + panel * kTileCols, m_pad);
+          tile_product_rows(static_cast<int>(std::min<int64_t>(kTileRows, rows - r)), qt + r * d, d,
+                            kt + panel * d * kTileCols, kTileCols, d, s + r * m_pad + panel * kTileCols, m_pad,
+                            /*accumulate=*/false);
         }
       }
       // 2. softmax (e = exp(s - max), left unnormalised) and the head sum of the probabilities, row by row
@@ -415,8 +387,9 @@ void attention_with_map_f32(const float* q, Strides qs, const float* k, Strides 
         const int64_t len = std::min(kKeyBlock, m_pad - key0);
         for (int64_t col = 0; col < d_pad; col += kTileCols) {
           for (int64_t r = 0; r < rows; r += kTileRows) {
-            by_rows<ValuesTile>(static_cast<int>(std::min<int64_t>(kTileRows, rows - r)), s + r * m_pad + key0,
-                                m_pad, vp + key0 * d_pad + col, d_pad, len, o + r * d_pad + col, d_pad);
+            tile_product_rows(static_cast<int>(std::min<int64_t>(kTileRows, rows - r)), s + r * m_pad + key0,
+                              m_pad, vp + key0 * d_pad + col, d_pad, len, o + r * d_pad + col, d_pad,
+                              /*accumulate=*/true);
           }
         }
       }
