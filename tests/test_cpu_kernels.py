@@ -153,7 +153,8 @@ def test_native_kernel_rejects_bad_sizes():
 
 
 @pytest.mark.parametrize("batch,n,iters,damping",
-                         [(1, 1, 3, 0.0), (2, 13, 5, 0.0), (3, 31, 10, 0.15), (2, 64, 1, 1.0), (1, 300, 3, 0.0)])
+                         [(1, 1, 3, 0.0), (2, 13, 5, 0.0), (3, 31, 10, 0.15), (2, 64, 1, 1.0), (1, 300, 3, 0.0),
+                          (1, 1029, 4, 0.0)])
 @pytest.mark.parametrize("map_dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gwpr_matches_float64(gen, cpu_impl, batch, n, iters, damping, map_dtype):
     amap = torch.softmax(torch.randn(batch, n, n, generator=gen) * 3, -1).to(map_dtype)
