@@ -14,8 +14,6 @@ Strides strides_of(const py::tuple& t) {
   if (t.size() != 3) throw std::invalid_argument("strides must be a (batch, head, row) tuple");
   return Strides{t[0].cast<int64_t>(), t[1].cast<int64_t>(), t[2].cast<int64_t>()};
 }
-const float* in_ptr(std::uintptr_t p) { return reinterpret_cast<const float*>(p); }
-float* out_ptr(std::uintptr_t p) { return reinterpret_cast<float*>(p); }
 template <typename T>
 T* ptr(std::uintptr_t p) {
   return reinterpret_cast<T*>(p);
@@ -35,8 +33,9 @@ PYBIND11_MODULE(_cpu, m) {
          int64_t n_q, int64_t n_k, int64_t d, float scale, int threads) {
         const Strides q_s = strides_of(qs), k_s = strides_of(ks), v_s = strides_of(vs), o_s = strides_of(os);
         py::gil_scoped_release release;
-        atedm::cpu::attention_with_map_f32(in_ptr(q), q_s, in_ptr(k), k_s, in_ptr(v), v_s, out_ptr(out), o_s,
-                                           ptr<void>(amap), map_dtype, batch, heads, n_q, n_k, d, scale, threads);
+        atedm::cpu::attention_with_map_f32(ptr<const float>(q), q_s, ptr<const float>(k), k_s, ptr<const float>(v), v_s,
+                                           ptr<float>(out), o_s, ptr<void>(amap), map_dtype, batch, heads, n_q, n_k, d,
+                                           scale, threads);
       },
       py::arg("q"), py::arg("q_strides"), py::arg("k"), py::arg("k_strides"), py::arg("v"), py::arg("v_strides"),
       py::arg("out"), py::arg("out_strides"), py::arg("amap"), py::arg("map_dtype"), py::arg("batch"), py::arg("heads"), py::arg("n_q"),

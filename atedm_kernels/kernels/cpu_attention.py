@@ -2,7 +2,7 @@
 
 Two implementations of the same formula:
 
-* ``native``: the C++ kernel of ``csrc/cpu/attention_with_map.cpp`` (module ``atedm_kernels._cpu``, AVX2 + FMA),
+* ``native``: the C++ kernel of ``csrc/cpu/attention_with_map.cpp`` (module ``atedm_kernels._cpu``, AVX2 + FMA + F16C),
   used for host tensors (at least one key, ``D >= 1``) on a CPU that runs it; the map is summed in float32 and
   written once in its dtype. Register-tiled products on cache-resident tiles, the softmax and the
   head sum fused in between, tasks of (batch element, query-row block) spread over ``torch.get_num_threads()``
@@ -32,7 +32,7 @@ try:
 except ImportError:  # not built (ATEDM_BUILD_CPU=0, no C++ compiler, not x86-64): the blocked path alone
     _cpu = None
 
-# dtype codes of atedm_kernels._cpu (csrc/cpu/pruning.h), the same as the CUDA module's
+# dtype codes of atedm_kernels._cpu (csrc/cpu/common.h), the same as the CUDA module's
 DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
 # Bytes of one block's float32 [H, R, M] logits (the probabilities take as many again): measured on a 2-core AMD

@@ -113,9 +113,8 @@ def map_dtype_for(device: torch.device) -> torch.dtype | None:
     """The map's dtype in the pruning layer: the op's default, float16, on CUDA and on a CPU whose native kernels
     (``atedm_kernels._cpu``) read and write it in place; float32 elsewhere (MPS, or a CPU without ``_cpu``), where
     the PyTorch fallbacks would convert a 16-bit map on every read. float16 halves the map's memory (67 MB instead of
-    134 MB per SD-XL 4096-token layer) and gives a CPU the map a GPU ranks by; on the 2-core CPU of
-    benchmarks/results/cpu_kernels.json it changed no kernel's time measurably (G-WPR's loop, not memory, bounds it
-    there)."""
+    134 MB per SD-XL 4096-token layer), gives a CPU the map a GPU ranks by, and halves G-WPR's time there
+    (memory-bound: 14.8 against 32.4 ms per 4096-token layer in benchmarks/results/cpu_kernels.json)."""
     if device.type == "cuda" or (device.type == "cpu" and cpu_attention.native_available()):
         return None
     return torch.float32

@@ -14,17 +14,16 @@
 // FLOPs: 4 B H N M D (the two products, exactly those of plain attention) plus B H N M exps; bytes from DRAM: q, k,
 // v and out once each, and the map written once (4 B N M). K^T and V are packed once per call (one pass each).
 //
-// Threads: plain std::threads taking tasks from an atomic counter (no OpenMP runtime of our own next to torch's).
+// Threads: common.h's parallel_tasks, plain std::threads taking tasks from an atomic counter.
 // Each thread has its own scratch (Q tile, S rows, O tile), so tasks never share writable memory.
 #include "attention_with_map.h"
 
-#include "pruning.h"  // MapDtype
+#include "common.h"
 
 #include <immintrin.h>
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -32,7 +31,6 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
-#include <thread>
 #include <vector>
 
 namespace atedm::cpu {
@@ -263,26 +261,6 @@ float softmax_row(float* s, int64_t m, int64_t m_pad, float* acc, void* map_row,
   return inv_sum;
 }
 
-int worker_count(int64_t tasks, int threads) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
-}
-
-// Run body(i, w) for tasks i in [0, count), taken in order by worker_count(count, threads) workers w (the calling
-// thread is worker 0).
-template <typename Body>
-void parallel_tasks(int64_t count, int threads, const Body& body) {
-  const int workers = worker_count(count, threads);
-  std::atomic<int64_t> next{0};
-  auto worker = [&](int w) {
-    for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) body(i, w);
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(workers - 1);
-  for (int w = 1; w < workers; ++w) pool.emplace_back(worker, w);
-  worker(0);
-  for (auto& t : pool) t.join();
-}
-
 }  // namespace
 
 bool supported() {
@@ -300,7 +278,7 @@ void attention_with_map_f32(const float* q, Strides qs, const float* k, Strides 
   if (batch < 0 || heads < 1 || n_q < 0 || n_k < 1 || d < 1 || threads < 1) {
     throw std::invalid_argument("attention_with_map_f32: sizes must be positive (heads, n_k, d, threads >= 1)");
   }
-  if (map_dtype != kFloat16 && map_dtype != kBFloat16 && map_dtype != kFloat32) {
+  if (!is_map_dtype(map_dtype)) {
     throw std::invalid_argument("attention_with_map_f32: map_dtype must be 0 (float16), 1 (bfloat16) or 2 (float32)");
   }
   std::unique_lock<std::mutex> lock(shared_workspace_mutex, std::try_to_lock);
@@ -349,7 +327,7 @@ void attention_with_map_f32(const float* q, Strides qs, const float* k, Strides 
     acc_rows.push_back(ws.get(4 + 4 * w, rows_per_task * m_pad));
     o_tiles.push_back(ws.get(5 + 4 * w, rows_per_task * d_pad));
   }
-  const int64_t map_bytes = map_dtype == kFloat32 ? 4 : 2;
+  const int64_t map_bytes = map_element_bytes(map_dtype);
   advise_huge_pages(amap, batch * n_q * n_k * map_bytes);
   parallel_tasks(batch * blocks, threads, [&](int64_t task, int w) {
     float* qt = q_tiles[w];     // [R, D], scaled queries

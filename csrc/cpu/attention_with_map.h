@@ -17,11 +17,11 @@ struct Strides {
 // Whether this CPU runs the kernels (AVX2, FMA and F16C).
 bool supported();
 
-// Query rows per task for n_keys keys: the task's logits and map rows fit in L2 together.
+// Query rows per task for n_keys keys: up to kTaskFloats (1 MiB) of logits and as much of map sums per task.
 int64_t task_rows(int64_t n_keys);
 
 // out [B, H, N, D] <- softmax(scale * q k^T) v per head, amap [B, N, M] (contiguous, dtype code map_dtype as in
-// pruning.h) <- its mean over heads; q [B, H, N, D], k and v [B, H, M, D], all float32; `threads` workers (the
+// common.h) <- its mean over heads; q [B, H, N, D], k and v [B, H, M, D], all float32; `threads` workers (the
 // calling thread included).
 void attention_with_map_f32(const float* q, Strides qs, const float* k, Strides ks, const float* v, Strides vs,
                             float* out, Strides os, void* amap, int map_dtype, int64_t batch, int64_t heads,

@@ -13,17 +13,15 @@
 // pruned columns gathered 8 at a time and compared with the running maximum (strictly greater, so the first
 // maximum stays). K (N - K) gathers per batch element; the rows touched are read once.
 //
-// Both run one batch element per task on up to `threads` threads.
+// Both run one batch element per task on up to `threads` threads (common.h's parallel_tasks).
 #include "pruning.h"
 
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
-#include <thread>
 #include <vector>
 
 namespace atedm::cpu {
@@ -61,36 +59,15 @@ inline float load1(const void* p, int64_t i, int dtype) {
 // Rows of the map whose G-WPR products are summed in float32 before the float64 accumulator takes them.
 constexpr int kRowBlock = 8;
 
-int64_t element_bytes(int dtype) { return dtype == kFloat32 ? 4 : 2; }
-
 void check_dtype(int dtype) {
-  if (dtype != kFloat32 && dtype != kFloat16 && dtype != kBFloat16) {
-    throw std::invalid_argument("dtype must be 0 (float16), 1 (bfloat16) or 2 (float32)");
-  }
+  if (!is_map_dtype(dtype)) throw std::invalid_argument("dtype must be 0 (float16), 1 (bfloat16) or 2 (float32)");
 }
-
-template <typename Body>
-void per_batch(int64_t batch, int threads, const Body& body) {
-  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, batch)));
-  std::atomic<int64_t> next{0};
-  auto worker = [&]() {
-    for (int64_t b = next.fetch_add(1); b < batch; b = next.fetch_add(1)) body(b);
-  };
-  std::vector<std::thread> pool;
-  for (int w = 1; w < workers; ++w) pool.emplace_back(worker);
-  worker();
-  for (auto& t : pool) t.join();
-}
-
-}  // namespace
-
-namespace {
 
 // G-WPR of one batch element's map (element type kDtype, a template argument so that the row loads of the inner
 // loop carry no dtype switch) into scores[0, n).
 template <int kDtype>
 void gwpr_one(const char* map_b, float* scores, int64_t n, int64_t num_iters, double damping) {
-  const int64_t row_bytes = n * element_bytes(kDtype);
+  const int64_t row_bytes = n * map_element_bytes(kDtype);
   const int64_t full = n / 8 * 8;
   std::vector<float> s(n, static_cast<float>(1.0 / static_cast<double>(n)));  // s_t
   std::vector<double> next(n);                                                  // s_{t+1}, accumulated
@@ -142,8 +119,8 @@ void gwpr(const void* amap, int dtype, float* scores, int64_t batch, int64_t n, 
     throw std::invalid_argument("gwpr: need batch >= 0, n >= 1, num_iters >= 0, threads >= 1");
   }
   const auto one = dtype == kFloat16 ? gwpr_one<kFloat16> : dtype == kBFloat16 ? gwpr_one<kBFloat16> : gwpr_one<kFloat32>;
-  per_batch(batch, threads, [&](int64_t b) {
-    one(static_cast<const char*>(amap) + b * n * n * element_bytes(dtype), scores + b * n, n, num_iters, damping);
+  parallel_tasks(batch, threads, [&](int64_t b, int) {
+    one(static_cast<const char*>(amap) + b * n * n * map_element_bytes(dtype), scores + b * n, n, num_iters, damping);
   });
 }
 
@@ -159,15 +136,15 @@ void similarity_sources(const void* amap, int dtype, const int64_t* keep_idx, co
   const bool in_range = std::all_of(keep_idx, keep_idx + batch * keep, [n](int64_t i) { return i >= 0 && i < n; }) &&
                         std::all_of(prune_idx, prune_idx + batch * pruned, [n](int64_t i) { return i >= 0 && i < n; });
   if (!in_range) throw std::invalid_argument("similarity_sources: keep_idx and prune_idx must lie in [0, n)");
-  per_batch(batch, threads, [&](int64_t b) {
-    const char* map_b = static_cast<const char*>(amap) + b * n * n * element_bytes(dtype);
+  parallel_tasks(batch, threads, [&](int64_t b, int) {
+    const char* map_b = static_cast<const char*>(amap) + b * n * n * map_element_bytes(dtype);
     std::vector<int32_t> cols(prune_idx + b * pruned, prune_idx + (b + 1) * pruned);
     std::vector<float> row(n);  // the current kept row, as float32
     std::vector<float> best(pruned, -std::numeric_limits<float>::infinity());
     std::vector<int32_t> arg(pruned, 0);
     for (int64_t j = 0; j < keep; ++j) {
       const int64_t r = keep_idx[b * keep + j];
-      const void* src_row = map_b + r * n * element_bytes(dtype);
+      const void* src_row = map_b + r * n * map_element_bytes(dtype);
       int64_t i = 0;
       for (; i + 8 <= n; i += 8) _mm256_storeu_ps(row.data() + i, load8(src_row, i, dtype));
       for (; i < n; ++i) row[i] = load1(src_row, i, dtype);

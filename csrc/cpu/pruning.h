@@ -4,9 +4,9 @@
 
 #include <cstdint>
 
-namespace atedm::cpu {
+#include "common.h"  // MapDtype
 
-enum MapDtype : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
+namespace atedm::cpu {
 
 // scores [B, N] f32 <- G-WPR of amap: s_0 = 1/N, s_{t+1} = (1 - damping) A^T s_t + damping / N, num_iters steps.
 void gwpr(const void* amap, int dtype, float* scores, int64_t batch, int64_t n, int64_t num_iters, double damping,
