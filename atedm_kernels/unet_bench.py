@@ -27,11 +27,12 @@ side by side in one run:
 Each phase is pinned by its config, not by hooks, so eager and compiled runs time exactly one static graph. The
 timestep is a device tensor, as in diffusers' pipelines.
 
-Timing (eager): every variant gets ``--warmup`` untimed calls, the first of them under ``torch.profiler`` (the
-split below); then ``--reps`` rounds, each timing one call of every variant in turn, so a change in the machine's
-load during the run falls on all variants alike. Each call is bracketed by CUDA events (``time.perf_counter`` on a
-CPU); the median is reported, and speed-up = dense median / variant median. ``--compile`` adds a
-``torch.compile`` row for every variant, timed variant after variant (one compilation each).
+Timing (eager): every variant gets ``--warmup`` untimed calls and then one more under ``torch.profiler`` (the split
+below; a warm call, so it runs what the timed calls run, not a first call's allocations and lazy set-up); then
+``--reps`` rounds, each timing one call of every variant in turn, so a change in the machine's load during the run
+falls on all variants alike. Each call is bracketed by CUDA events (``time.perf_counter`` on a CPU); the median is
+reported, and speed-up = dense median / variant median. ``--compile`` adds a ``torch.compile`` row for every
+variant, timed variant after variant (one compilation each).
 
 Where the time goes: the profiled call gives, per variant, the time inside each pruning-path op
 (``atedm::attention_with_map``, ``gwpr``, ``select_tokens``, ``similarity_sources``, ``gather_tokens``,
@@ -273,28 +274,29 @@ def weighted_profile(parts: list[tuple[float, dict]]) -> dict:
 
 
 def run_eager(unet, calls_of, names, args, device, memory) -> tuple[dict, dict, dict]:
-    """Interleaved eager timing: per-variant warm-up (the first profiled), then ``reps`` rounds of every variant in
-    turn. ``calls_of(handle)`` gives a variant's ``(weight, call)`` pairs (one of weight 1 for a single-call
-    variant; a peer run's weighted calls), whose weighted sum is its step. Returns times per variant (ms per step),
-    peak memory per variant and the profile per variant."""
+    """Interleaved eager timing: per variant ``warmup`` untimed calls and then one call under the profiler, then
+    ``reps`` rounds of every variant in turn. ``calls_of(handle)`` gives a variant's ``(weight, call)`` pairs (one
+    of weight 1 for a single-call variant; a peer run's weighted calls), whose weighted sum is its step. Returns
+    times per variant (ms per step), peak memory per variant and the profile per variant."""
     times = {name: [] for name in names}
     peaks: dict[str, int | None] = dict.fromkeys(names)
     profiles, warm_ms, round_ms = {}, {}, {}
     for name in names:
-        with variant(unet, name, args.backend) as handle:
-            memory.reset()
+        memory.reset()
+        for _ in range(args.warmup):
+            with variant(unet, name, args.backend) as handle:
+                warm_ms[name] = sum(weight * timed_call(call, device) for weight, call in calls_of(handle))
+                check_phase(name, handle)
+        with variant(unet, name, args.backend) as handle:  # one more, warm, call under the profiler
             parts = [(weight, profiled_call(call, device)) for weight, call in calls_of(handle)]
             round_ms[name] = sum(profiled["profiled_call_ms"] for _, profiled in parts)  # every call of a round
             if not all(torch.isfinite(profiled.pop("output")).all() for _, profiled in parts):
                 raise RuntimeError(f"{name}: non-finite U-Net output")
             profiles[name] = weighted_profile(parts)
-            warm_ms[name] = profiles[name]["profiled_call_ms"]
             check_phase(name, handle)
-        for _ in range(args.warmup - 1):
-            with variant(unet, name, args.backend) as handle:
-                warm_ms[name] = sum(weight * timed_call(call, device) for weight, call in calls_of(handle))
         peaks[name] = memory.read()
-        log(f"  warm-up {name:<17} {warm_ms[name] / 1e3:8.2f} s")
+        log(f"  warm-up {name:<17} {warm_ms[name] / 1e3:8.2f} s, profiled call "
+            f"{profiles[name]['profiled_call_ms'] / 1e3:8.2f} s")
     minutes = args.reps * sum(round_ms.values()) / 6e4
     log(f"  timing {args.reps} rounds of {len(names)} variants: about {minutes:.1f} min")
     for rep in range(args.reps):

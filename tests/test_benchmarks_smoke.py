@@ -41,7 +41,7 @@ def test_unet_e2e_smoke(tmp_path, capsys):
     )
     assert {"torch", "diffusers", "triton", "tomesd"} <= set(report["versions"])
     assert report["settings"]["resolved_backends"]["attention_with_map"] == "cpu"
-    for name in timed:  # the profiled warm-up call(s) account for its time, and memory was read
+    for name in timed:  # the profiled call(s) account for its time, and memory was read
         split = rows[name]["split_ms"]
         assert rows[name]["peak_memory_bytes"] > 0 and split["sdpa"] > 0
         assert sum(split.values()) == pytest.approx(rows[name]["profiled_call_ms"])
@@ -56,6 +56,29 @@ def test_unet_e2e_smoke(tmp_path, capsys):
         assert all(rows[n]["setting"] == e2e.peers.SETTINGS[n] for n in e2e.peers.PACKAGES)
         assert sum(call["weight"] for call in rows["tgate"]["calls"]) == pytest.approx(1)
         assert rows["atedm+deepcache"]["pruning_overhead"]["replaced_sdpa_ms"] > 0
+
+
+def test_unet_e2e_profiles_a_warm_call(monkeypatch):
+    """The split comes from a call made after the warm-up calls, never from a variant's first call."""
+    import argparse
+
+    import torch
+
+    from atedm_kernels import unet_bench as e2e
+
+    calls = []  # "timed" or "profiled", in the order they ran
+    monkeypatch.setattr(e2e, "timed_call", lambda fn, device: calls.append("timed") or 1.0)
+
+    def profiled_call(fn, device):
+        calls.append("profiled")
+        return {"profiled_call_ms": 1.0, "split_ms": {"rest": 1.0}, "sdpa_calls": {}, "map_calls": {},
+                "output": torch.ones(1)}
+
+    monkeypatch.setattr(e2e, "profiled_call", profiled_call)
+    args = argparse.Namespace(warmup=2, reps=3, backend="reference")
+    e2e.run_eager(None, lambda handle: [(1.0, None)], ["dense"], args, torch.device("cpu"),
+                  e2e.PeakMemory(torch.device("cpu")))
+    assert calls == ["timed", "timed", "profiled", "timed", "timed", "timed"]
 
 
 def test_unet_e2e_explicit_options_beat_smoke_defaults():
