@@ -27,10 +27,11 @@ side by side in one run:
 Each phase is pinned by its config, not by hooks, so eager and compiled runs time exactly one static graph. The
 timestep is a device tensor, as in diffusers' pipelines.
 
-Timing (eager): every variant gets ``--warmup`` untimed calls and then one more under ``torch.profiler`` (the split
-below; a warm call, so it runs what the timed calls run, not a first call's allocations and lazy set-up); then
-``--reps`` rounds, each timing one call of every variant in turn, so a change in the machine's load during the run
-falls on all variants alike. Each call is bracketed by CUDA events (``time.perf_counter`` on a CPU); the median is
+Timing (eager): every variant gets ``--warmup`` untimed calls; then ``--reps`` rounds, each timing one call of every
+variant in turn, so a change in the machine's load during the run falls on all variants alike; then one more call of
+every variant under ``torch.profiler`` (the split below), made last so that it is warm and runs in the state the
+timed rounds ran in (on the CPU machines the first minutes after building the model run slower: dense, the first
+variant, took 1.7x its median in a profiled call right after its warm-up call at 512 px). Each call is bracketed by CUDA events (``time.perf_counter`` on a CPU); the median is
 reported, and speed-up = dense median / variant median. ``--compile`` adds a ``torch.compile`` row for every
 variant, timed variant after variant (one compilation each).
 
@@ -273,30 +274,35 @@ def weighted_profile(parts: list[tuple[float, dict]]) -> dict:
             "sdpa_calls": sdpa_calls, "map_calls": map_calls}
 
 
+def check_finite(name: str, output: torch.Tensor) -> None:
+    if not torch.isfinite(output).all():
+        raise RuntimeError(f"{name}: non-finite U-Net output")
+
+
 def run_eager(unet, calls_of, names, args, device, memory) -> tuple[dict, dict, dict]:
-    """Interleaved eager timing: per variant ``warmup`` untimed calls and then one call under the profiler, then
-    ``reps`` rounds of every variant in turn. ``calls_of(handle)`` gives a variant's ``(weight, call)`` pairs (one
-    of weight 1 for a single-call variant; a peer run's weighted calls), whose weighted sum is its step. Returns
-    times per variant (ms per step), peak memory per variant and the profile per variant."""
+    """Interleaved eager timing: per variant ``warmup`` untimed calls, then ``reps`` rounds of every variant in
+    turn, then one call per variant under the profiler. ``calls_of(handle)`` gives a variant's ``(weight, call)``
+    pairs (one of weight 1 for a single-call variant; a peer run's weighted calls), whose weighted sum is its step.
+    Returns times per variant (ms per step), peak memory per variant and the profile per variant."""
     times = {name: [] for name in names}
     peaks: dict[str, int | None] = dict.fromkeys(names)
     profiles, warm_ms, round_ms = {}, {}, {}
+
+    def keep_peak(name: str, peak: int | None) -> None:
+        if peak is not None:
+            peaks[name] = max(peaks[name] or 0, peak)
+
     for name in names:
         memory.reset()
         for _ in range(args.warmup):
             with variant(unet, name, args.backend) as handle:
-                warm_ms[name] = sum(weight * timed_call(call, device) for weight, call in calls_of(handle))
+                calls = calls_of(handle)
+                ms = [timed_call(lambda call=call: check_finite(name, call()), device) for _, call in calls]
+                warm_ms[name] = sum(weight * t for (weight, _), t in zip(calls, ms))
+                round_ms[name] = sum(ms)  # every call of a round
                 check_phase(name, handle)
-        with variant(unet, name, args.backend) as handle:  # one more, warm, call under the profiler
-            parts = [(weight, profiled_call(call, device)) for weight, call in calls_of(handle)]
-            round_ms[name] = sum(profiled["profiled_call_ms"] for _, profiled in parts)  # every call of a round
-            if not all(torch.isfinite(profiled.pop("output")).all() for _, profiled in parts):
-                raise RuntimeError(f"{name}: non-finite U-Net output")
-            profiles[name] = weighted_profile(parts)
-            check_phase(name, handle)
-        peaks[name] = memory.read()
-        log(f"  warm-up {name:<17} {warm_ms[name] / 1e3:8.2f} s, profiled call "
-            f"{profiles[name]['profiled_call_ms'] / 1e3:8.2f} s")
+        keep_peak(name, memory.read())
+        log(f"  warm-up {name:<17} {warm_ms[name] / 1e3:8.2f} s")
     minutes = args.reps * sum(round_ms.values()) / 6e4
     log(f"  timing {args.reps} rounds of {len(names)} variants: about {minutes:.1f} min")
     for rep in range(args.reps):
@@ -304,11 +310,19 @@ def run_eager(unet, calls_of, names, args, device, memory) -> tuple[dict, dict, 
             with variant(unet, name, args.backend) as handle:
                 memory.reset()
                 times[name].append(sum(weight * timed_call(call, device) for weight, call in calls_of(handle)))
-                peak = memory.read()
+                keep_peak(name, memory.read())
                 check_phase(name, handle)
-            if peak is not None:
-                peaks[name] = max(peaks[name] or 0, peak)
         log(f"  round {rep + 1}/{args.reps}: " + ", ".join(f"{n} {times[n][-1] / 1e3:.2f} s" for n in names))
+    for name in names:  # profiled last: warm, and in the steady state the timed rounds ran in
+        with variant(unet, name, args.backend) as handle:
+            memory.reset()
+            parts = [(weight, profiled_call(call, device)) for weight, call in calls_of(handle)]
+            for _, profiled in parts:
+                check_finite(name, profiled.pop("output"))
+            profiles[name] = weighted_profile(parts)
+            keep_peak(name, memory.read())
+            check_phase(name, handle)
+        log(f"  profiled {name:<17} {profiles[name]['profiled_call_ms'] / 1e3:8.2f} s")
     return times, peaks, profiles
 
 
