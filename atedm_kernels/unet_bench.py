@@ -31,9 +31,9 @@ Timing (eager): every variant gets ``--warmup`` untimed calls; then ``--reps`` r
 variant in turn, so a change in the machine's load during the run falls on all variants alike; then one more call of
 every variant under ``torch.profiler`` (the split below), made last so that it is warm and runs in the state the
 timed rounds ran in (on the CPU machines the first minutes after building the model run slower: dense, the first
-variant, took 1.7x its median in a profiled call right after its warm-up call at 512 px). Each call is bracketed by CUDA events (``time.perf_counter`` on a CPU); the median is
-reported, and speed-up = dense median / variant median. ``--compile`` adds a ``torch.compile`` row for every
-variant, timed variant after variant (one compilation each).
+variant, took 1.7x its median in a profiled call right after its warm-up call at 512 px). Each call is bracketed by
+CUDA events (``time.perf_counter`` on a CPU); the median is reported, and speed-up = dense median / variant median.
+``--compile`` adds a ``torch.compile`` row for every variant, timed variant after variant (one compilation each).
 
 Where the time goes: the profiled call gives, per variant, the time inside each pruning-path op
 (``atedm::attention_with_map``, ``gwpr``, ``select_tokens``, ``similarity_sources``, ``gather_tokens``,
