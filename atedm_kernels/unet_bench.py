@@ -288,40 +288,38 @@ def run_eager(unet, calls_of, names, args, device, memory) -> tuple[dict, dict, 
     peaks: dict[str, int | None] = dict.fromkeys(names)
     profiles, warm_ms, round_ms = {}, {}, {}
 
-    def keep_peak(name: str, peak: int | None) -> None:
-        if peak is not None:
-            peaks[name] = max(peaks[name] or 0, peak)
+    @contextlib.contextmanager
+    def measured(name: str):
+        """``name`` applied for one step: its peak memory kept (the largest over its steps), its phase checked."""
+        with variant(unet, name, args.backend) as handle:
+            memory.reset()
+            yield handle
+            peak = memory.read()
+            if peak is not None:
+                peaks[name] = max(peaks[name] or 0, peak)
+            check_phase(name, handle)
 
     for name in names:
-        memory.reset()
         for _ in range(args.warmup):
-            with variant(unet, name, args.backend) as handle:
+            with measured(name) as handle:
                 calls = calls_of(handle)
                 ms = [timed_call(lambda call=call: check_finite(name, call()), device) for _, call in calls]
                 warm_ms[name] = sum(weight * t for (weight, _), t in zip(calls, ms))
                 round_ms[name] = sum(ms)  # every call of a round
-                check_phase(name, handle)
-        keep_peak(name, memory.read())
         log(f"  warm-up {name:<17} {warm_ms[name] / 1e3:8.2f} s")
     minutes = args.reps * sum(round_ms.values()) / 6e4
     log(f"  timing {args.reps} rounds of {len(names)} variants: about {minutes:.1f} min")
     for rep in range(args.reps):
         for name in names:
-            with variant(unet, name, args.backend) as handle:
-                memory.reset()
+            with measured(name) as handle:
                 times[name].append(sum(weight * timed_call(call, device) for weight, call in calls_of(handle)))
-                keep_peak(name, memory.read())
-                check_phase(name, handle)
         log(f"  round {rep + 1}/{args.reps}: " + ", ".join(f"{n} {times[n][-1] / 1e3:.2f} s" for n in names))
     for name in names:  # profiled last: warm, and in the steady state the timed rounds ran in
-        with variant(unet, name, args.backend) as handle:
-            memory.reset()
+        with measured(name) as handle:
             parts = [(weight, profiled_call(call, device)) for weight, call in calls_of(handle)]
             for _, profiled in parts:
                 check_finite(name, profiled.pop("output"))
             profiles[name] = weighted_profile(parts)
-            keep_peak(name, memory.read())
-            check_phase(name, handle)
         log(f"  profiled {name:<17} {profiles[name]['profiled_call_ms'] / 1e3:8.2f} s")
     return times, peaks, profiles
 
