@@ -118,3 +118,23 @@ def test_cpu_kernels_benchmark_smoke(tmp_path, capsys):
                  ("similarity_sources", "native")}
     assert want <= methods and report["native"] == cpu_attention.native_available()
     assert all(row["seconds"] > 0 for row in report["rows"]) and "sgemm" in capsys.readouterr().out
+
+
+def test_pruned_linears_benchmark_smoke(tmp_path, capsys):
+    from atedm_kernels.flops import count_unet_macs
+    from atedm_kernels.sdxl import AtEdmConfig, build_sdxl_unet
+
+    out = tmp_path / "linears.json"
+    assert load("benchmark_pruned_linears").main(["--smoke", "--out", str(out)]) == 0
+    (entry,) = json.loads(out.read_text())["sizes"]
+    unet = build_sdxl_unet("tiny", device="meta")
+    for name, config in (("dense", None), ("atedm-normal", AtEdmConfig(prune_less_steps=0))):
+        variant = entry["variants"][name]
+        want = count_unet_macs(unet, entry["size"], entry["size"], 2, config, phase="normal").kinds["linear"]
+        timed = sum(s["calls"][name] * s["rows"] * s["in"] * s["out"] for s in entry["shapes"])
+        assert variant["linear_macs"] == timed == want  # every linear of the call is timed, at its own shape
+        assert variant["seconds"] == pytest.approx(sum(s["calls"][name] * s["seconds"] for s in entry["shapes"]))
+    assert entry["macs_ratio"] > 1 and all(s["seconds"] > 0 for s in entry["shapes"])
+    assert entry["speedup"] == pytest.approx(entry["variants"]["dense"]["seconds"] /
+                                             entry["variants"]["atedm-normal"]["seconds"])
+    assert "AT-EDM linears" in capsys.readouterr().out

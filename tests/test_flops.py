@@ -142,6 +142,20 @@ def test_meta_twin_and_batch_linearity(tiny, tiny_reports):
     assert four.blocks == {name: 2 * macs for name, macs in tiny_reports["normal"].blocks.items()}
 
 
+def test_linear_shapes_sum_to_the_linear_macs(sdxl, tiny_reports):
+    """``MacsReport.linears`` (what benchmarks/benchmark_pruned_linears.py times): calls per (rows, in, out) that
+    add up to the linear MACs, and the pruned layers' feed-forward on 2 K rows where dense has 2 N."""
+    for report in tiny_reports.values():
+        macs = sum(calls * rows * fan_in * fan_out for (rows, fan_in, fan_out), calls in report.linears.items())
+        assert macs == pytest.approx(report.kinds["linear"], abs=1)  # "average" rounds to a whole MAC
+    dense = count_unet_macs(sdxl, 1024, 1024, batch=B).linears
+    normal = count_unet_macs(sdxl, 1024, 1024, batch=B, config=AtEdmConfig(), phase="normal").linears
+    # SD-XL's third level: 6 blocks of 10 layers at 1024 tokens; AT-EDM keeps 379 after each block's first layer
+    assert dense[B * 1024, 1280, 10240] == 60 and (B * 379, 1280, 10240) not in dense
+    assert normal[B * 1024, 1280, 10240] == 6 and normal[B * 379, 1280, 10240] == 54
+    assert normal[B * 77, 2048, 1280] == dense[B * 77, 2048, 1280] == 2 * 60  # text keys and values: not pruned
+
+
 def test_table_lists_blocks_and_total(tiny_reports):
     report = tiny_reports["normal"]
     table = report.table()
