@@ -84,9 +84,9 @@ class MacsReport:
         kinds: MACs per kind: "linear", "conv", "self_attention", "cross_attention". Sums to ``total``.
         tokens: for each attention block that pruned, ``(N, K)`` (for "average": those of the normal phase).
         label: what was counted (model size, resolution, batch, method, phase).
-        linears: calls per ``nn.Linear`` shape ``(rows, in_features, out_features)`` (for "average": the weighted
-            mean, a float). ``sum(calls * rows * in * out)`` is ``kinds["linear"]`` (to a MAC for "average"); what
-            ``benchmarks/benchmark_pruned_linears.py`` times shape by shape.
+        linears: calls per ``nn.Linear`` kind ``(rows, in_features, out_features, has_bias)`` (for "average": the
+            weighted mean, a float). ``sum(calls * rows * in * out)`` is ``kinds["linear"]`` (to a MAC for
+            "average"); what ``benchmarks/benchmark_pruned_linears.py`` times kind by kind.
     """
 
     total: int
@@ -94,7 +94,7 @@ class MacsReport:
     kinds: dict[str, int]
     tokens: dict[str, tuple[int, int]] = field(default_factory=dict)
     label: str = ""
-    linears: dict[tuple[int, int, int], float] = field(default_factory=dict)
+    linears: dict[tuple[int, int, int, bool], float] = field(default_factory=dict)
 
     @property
     def paper_convention(self) -> int:
@@ -196,7 +196,7 @@ def count_forward_macs(unet: nn.Module, height: int, width: int, batch: int = 2,
     units = _unit_names(unet)
     blocks: dict[str, int] = defaultdict(int)
     kinds = dict.fromkeys(KINDS, 0)
-    linears: dict[tuple[int, int, int], int] = defaultdict(int)  # (rows, in, out) -> calls
+    linears: dict[tuple[int, int, int, bool], int] = defaultdict(int)  # (rows, in, out, has_bias) -> calls
 
     def add(module: nn.Module, kind: str, macs: int) -> None:
         blocks[units[module]] += macs
@@ -210,7 +210,7 @@ def count_forward_macs(unet: nn.Module, height: int, width: int, batch: int = 2,
     def on_linear(module: nn.Linear, args, out: torch.Tensor) -> None:
         rows = args[0].numel() // module.in_features  # [..., in] -> T rows
         add(module, "linear", rows * module.in_features * module.out_features)
-        linears[rows, module.in_features, module.out_features] += 1
+        linears[rows, module.in_features, module.out_features, module.bias is not None] += 1
         if module in projections:
             attention, role = projections[module]
             rows_seen[attention][role] = rows
@@ -285,7 +285,7 @@ def _weighted(parts: list[tuple[float, MacsReport]], label: str) -> MacsReport:
     """The weighted mean of reports (weights sum to 1), rounded to whole MACs."""
     blocks = {name: round(sum(w * r.blocks[name] for w, r in parts)) for name in parts[0][1].blocks}
     kinds = {kind: round(sum(w * r.kinds[kind] for w, r in parts)) for kind in KINDS}
-    linears: dict[tuple[int, int, int], float] = defaultdict(float)
+    linears: dict[tuple[int, int, int, bool], float] = defaultdict(float)
     for w, r in parts:
         for shape, calls in r.linears.items():
             linears[shape] += w * calls

@@ -131,10 +131,15 @@ def test_pruned_linears_benchmark_smoke(tmp_path, capsys):
     for name, config in (("dense", None), ("atedm-normal", AtEdmConfig(prune_less_steps=0))):
         variant = entry["variants"][name]
         want = count_unet_macs(unet, entry["size"], entry["size"], 2, config, phase="normal").kinds["linear"]
-        timed = sum(s["calls"][name] * s["rows"] * s["in"] * s["out"] for s in entry["shapes"])
+        timed = sum(k["calls"][name] * k["rows"] * k["in"] * k["out"] for k in entry["kinds"])
         assert variant["linear_macs"] == timed == want  # every linear of the call is timed, at its own shape
-        assert variant["seconds"] == pytest.approx(sum(s["calls"][name] * s["seconds"] for s in entry["shapes"]))
-    assert entry["macs_ratio"] > 1 and all(s["seconds"] > 0 for s in entry["shapes"])
-    assert entry["speedup"] == pytest.approx(entry["variants"]["dense"]["seconds"] /
-                                             entry["variants"]["atedm-normal"]["seconds"])
+        assert variant["seconds"] == pytest.approx(sum(k["calls"][name] * k["seconds"] for k in entry["kinds"]))
+    dense, atedm = entry["variants"]["dense"], entry["variants"]["atedm-normal"]
+    assert entry["macs_ratio"] == pytest.approx(dense["linear_macs"] / atedm["linear_macs"]) and entry["macs_ratio"] > 1
+    assert entry["speedup"] == pytest.approx(dense["seconds"] / atedm["seconds"])
+    assert entry["shortfall_s"] == pytest.approx(atedm["seconds"] - dense["seconds"] / entry["macs_ratio"])
+    for kind in entry["kinds"]:
+        assert kind["seconds"] > 0
+        assert kind["gmacs_per_s"] == pytest.approx(kind["rows"] * kind["in"] * kind["out"] / kind["seconds"] / 1e9)
+    assert {k["bias"] for k in entry["kinds"]} == {True, False}  # q, k, v have none; the outputs have one
     assert "AT-EDM linears" in capsys.readouterr().out

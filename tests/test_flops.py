@@ -143,17 +143,19 @@ def test_meta_twin_and_batch_linearity(tiny, tiny_reports):
 
 
 def test_linear_shapes_sum_to_the_linear_macs(sdxl, tiny_reports):
-    """``MacsReport.linears`` (what benchmarks/benchmark_pruned_linears.py times): calls per (rows, in, out) that
-    add up to the linear MACs, and the pruned layers' feed-forward on 2 K rows where dense has 2 N."""
-    for report in tiny_reports.values():
-        macs = sum(calls * rows * fan_in * fan_out for (rows, fan_in, fan_out), calls in report.linears.items())
-        assert macs == pytest.approx(report.kinds["linear"], abs=1)  # "average" rounds to a whole MAC
+    """``MacsReport.linears`` (what benchmarks/benchmark_pruned_linears.py times): calls per (rows, in, out, bias)
+    that add up to the linear MACs, and the pruned layers' feed-forward on 2 K rows where dense has 2 N."""
+    for phase, report in tiny_reports.items():
+        macs = sum(calls * rows * fan_in * fan_out for (rows, fan_in, fan_out, _), calls in report.linears.items())
+        assert macs == pytest.approx(report.kinds["linear"], abs=1 if phase == "average" else 0)  # rounded to a MAC
     dense = count_unet_macs(sdxl, 1024, 1024, batch=B).linears
     normal = count_unet_macs(sdxl, 1024, 1024, batch=B, config=AtEdmConfig(), phase="normal").linears
     # SD-XL's third level: 6 blocks of 10 layers at 1024 tokens; AT-EDM keeps 379 after each block's first layer
-    assert dense[B * 1024, 1280, 10240] == 60 and (B * 379, 1280, 10240) not in dense
-    assert normal[B * 1024, 1280, 10240] == 6 and normal[B * 379, 1280, 10240] == 54
-    assert normal[B * 77, 2048, 1280] == dense[B * 77, 2048, 1280] == 2 * 60  # text keys and values: not pruned
+    assert dense[B * 1024, 1280, 10240, True] == 60 and (B * 379, 1280, 10240, True) not in dense
+    assert normal[B * 1024, 1280, 10240, True] == 6 and normal[B * 379, 1280, 10240, True] == 54
+    # per layer: q, k, v without a bias and 2 outputs with one (+ proj_in / proj_out per block, with a bias)
+    assert dense[B * 1024, 1280, 1280, False] == 60 * 4 and dense[B * 1024, 1280, 1280, True] == 60 * 2 + 6 * 2
+    assert normal[B * 77, 2048, 1280, False] == dense[B * 77, 2048, 1280, False] == 2 * 60  # text keys, values
 
 
 def test_table_lists_blocks_and_total(tiny_reports):
