@@ -67,6 +67,7 @@ PHASES = ("normal", "prune_less", "average")
 TEXT_TOKENS = 77  # L: CLIP's padded prompt length, the key length of every cross-attention
 VAE_SCALE = 8  # pixels per latent element
 KINDS = ("linear", "conv", "self_attention", "cross_attention")
+LinearKind = tuple[int, int, int, bool]  # an nn.Linear call: (rows, in_features, out_features, has_bias)
 # Module classes whose MACs are reported as one row; anything else is grouped under its top-level child
 # (conv_in, time_embedding, add_embedding, conv_out, ...).
 UNIT_CLASSES = ("Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -94,7 +95,7 @@ class MacsReport:
     kinds: dict[str, int]
     tokens: dict[str, tuple[int, int]] = field(default_factory=dict)
     label: str = ""
-    linears: dict[tuple[int, int, int, bool], float] = field(default_factory=dict)
+    linears: dict[LinearKind, float] = field(default_factory=dict)
 
     @property
     def paper_convention(self) -> int:
@@ -196,7 +197,7 @@ def count_forward_macs(unet: nn.Module, height: int, width: int, batch: int = 2,
     units = _unit_names(unet)
     blocks: dict[str, int] = defaultdict(int)
     kinds = dict.fromkeys(KINDS, 0)
-    linears: dict[tuple[int, int, int, bool], int] = defaultdict(int)  # (rows, in, out, has_bias) -> calls
+    linears: dict[LinearKind, int] = defaultdict(int)  # calls per kind
 
     def add(module: nn.Module, kind: str, macs: int) -> None:
         blocks[units[module]] += macs
@@ -285,10 +286,10 @@ def _weighted(parts: list[tuple[float, MacsReport]], label: str) -> MacsReport:
     """The weighted mean of reports (weights sum to 1), rounded to whole MACs."""
     blocks = {name: round(sum(w * r.blocks[name] for w, r in parts)) for name in parts[0][1].blocks}
     kinds = {kind: round(sum(w * r.kinds[kind] for w, r in parts)) for kind in KINDS}
-    linears: dict[tuple[int, int, int, bool], float] = defaultdict(float)
+    linears: dict[LinearKind, float] = defaultdict(float)
     for w, r in parts:
-        for shape, calls in r.linears.items():
-            linears[shape] += w * calls
+        for kind, calls in r.linears.items():
+            linears[kind] += w * calls
     return MacsReport(sum(kinds.values()), blocks, kinds, dict(parts[-1][1].tokens), label, dict(linears))
 
 

@@ -31,20 +31,19 @@ import time
 import torch
 import torch.nn.functional as F
 
+from atedm_kernels.flops import LinearKind as Kind
+
 SIZES = [512, 1024]  # image side in pixels: the end-to-end benchmark's two sizes
 SMOKE_SIZES = [64]
 BATCH = 2  # one CFG pair, as the end-to-end benchmark runs
 
-Kind = tuple[int, int, int, bool]  # (rows, in_features, out_features, has_bias)
 
-
-def linear_calls(scale: str, size: int) -> dict[str, dict[Kind, float]]:
-    """Per variant ("dense", "atedm-normal"), calls per linear kind in one U-Net call at ``size`` x ``size``."""
+def linear_calls(unet, size: int) -> dict[str, dict[Kind, float]]:
+    """Per variant ("dense", "atedm-normal"), calls per linear kind in one call of ``unet`` (a meta model) at
+    ``size`` x ``size``."""
     from atedm_kernels.flops import count_unet_macs
-    from atedm_kernels.sdxl import build_sdxl_unet
     from atedm_kernels.unet_bench import pruning_configs
 
-    unet = build_sdxl_unet(scale, device="meta")
     configs = {"dense": None, "atedm-normal": pruning_configs("reference")["atedm-normal"]}
     return {name: count_unet_macs(unet, size, size, BATCH, config, phase="normal").linears
             for name, config in configs.items()}
@@ -69,10 +68,10 @@ def time_kinds(kinds: list[Kind], reps: int) -> dict[Kind, float]:
     return best
 
 
-def size_report(scale: str, size: int, reps: int) -> dict:
+def size_report(unet, size: int, reps: int) -> dict:
     """One size's report: per variant ``linear_macs``, ``seconds`` (``t_linears``) and ``gmacs_per_s``; AT-EDM's
     ``speedup`` over dense, the linears' ``macs_ratio`` and ``shortfall_s``; and per kind its time, rate and calls."""
-    calls = linear_calls(scale, size)
+    calls = linear_calls(unet, size)
     kinds = sorted(set().union(*calls.values()))
     seconds = time_kinds(kinds, reps)
     variants = {}
@@ -123,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1:
         parser.error(f"--reps must be at least 1, got {args.reps}")
 
+    from atedm_kernels.sdxl import build_sdxl_unet
     from atedm_kernels.unet_bench import device_name
 
     scale, sizes, reps = ("tiny", SMOKE_SIZES, 1) if args.smoke else ("full", SIZES, args.reps)
     load_before = os.getloadavg()  # other work on the machine slows every kind alike (interleaved reps)
-    entries = [size_report(scale, size, reps) for size in sizes]
+    unet = build_sdxl_unet(scale, device="meta")  # built once: only its linears' calls are counted, on meta
+    entries = [size_report(unet, size, reps) for size in sizes]
     report = {"benchmark": "pruned_linears", "device": device_name(torch.device("cpu")), "torch": torch.__version__,
               "scale": scale, "reps": reps, "load_average": {"before": load_before, "after": os.getloadavg()},
               "sizes": entries}
