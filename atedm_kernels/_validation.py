@@ -58,8 +58,12 @@ def check_same_device(**tensors: torch.Tensor) -> torch.device:
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """``value`` must be a Python int (not bool) with ``low <= value`` (``<= high`` when given)."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` must be an int (not bool) with ``low <= value`` (``<= high`` when given).
+
+    A ``torch.SymInt`` counts as an int: under ``torch.compile(dynamic=True)`` sizes and the integers derived from
+    them (``keep``, even ``num_iters``) reach the ops and their fakes symbolic; the range check then guards on it.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < low or (high is not None and value > high):
         bound = f"in {low}..{high}" if high is not None else f">= {low}"
@@ -68,10 +72,12 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
 
 
 def check_float(name: str, value: object, low: float, high: float, *, open_low: bool = False) -> float:
-    """``value`` must be a real number within ``[low, high]`` (``(low, high]`` with ``open_low``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """``value`` must be a real number within ``[low, high]`` (``(low, high]`` with ``open_low``); symbolic numbers
+    (``torch.SymInt``, ``torch.SymFloat``) count, as in ``check_int``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, torch.SymInt, torch.SymFloat)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    value = float(value)
+    if isinstance(value, (int, float)):
+        value = float(value)
     below = value <= low if open_low else value < low
     if below or value > high or value != value:
         bracket = "(" if open_low else "["

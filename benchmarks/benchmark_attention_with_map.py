@@ -9,8 +9,9 @@ Methods, all on ``q, k, v [B, H, N, D]`` contiguous, timed side by side in one r
 * ``eager+map``: the un-fused "current implementation" AT-EDM needs: ``q k^T * scale`` and the softmax materialised
   for every head in the input dtype, the mean over heads, then ``P v``.
 
-Each method's median time comes from ``triton.testing.do_bench`` (L2 flushed before every run, random normal
-inputs). TFLOP/s counts the matrix FLOPs each method executes: ``4*B*H*N*M*D`` for attention, plus
+Shapes: SD-XL's self-attention at its two attention levels and its cross-attention (M = 77 text tokens) at both.
+Each method's median time comes from ``roofline.median_ms`` (``triton.testing.do_bench``: L2 flushed before every
+run; random normal inputs). The report also records the autotuner's pick per shape. TFLOP/s counts the matrix FLOPs each method executes: ``4*B*H*N*M*D`` for attention, plus
 ``2*B*H*N*M*D`` for the map pass that recomputes ``q k^T`` (``triton+map`` only). ``% peak`` divides by a bf16
 matmul measured in the same run (8192^3), ``x sdpa`` is the time ratio to ``sdpa-flash`` of the same row.
 
@@ -29,9 +30,12 @@ import torch
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 MAP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-# (B, H, N, M, D): SD-XL 1024x1024 self-attention, CFG batch 2: the 4096-token level (A2 blocks, 640 ch, 10 heads)
-# and the 1024-token level (A10 blocks, 1280 ch, 20 heads).
-SHAPES = [(2, 10, 4096, 4096, 64), (2, 20, 1024, 1024, 64)]
+# (B, H, N, M, D): SD-XL 1024x1024, CFG batch 2: self-attention at the 4096-token level (A2 blocks, 640 ch, 10 heads)
+# and the 1024-token level (A10 blocks, 1280 ch, 20 heads); cross-attention to the 77 text tokens at both levels
+# (the map the cross-attention G-WPR variants read).
+SHAPES = [(2, 10, 4096, 4096, 64), (2, 20, 1024, 1024, 64), (2, 10, 4096, 77, 64), (2, 20, 1024, 77, 64)]
+# ``--tiny`` (``.ci/gpu --dry-run`` on a CPU): the same kinds of shape, small enough for the Triton interpreter.
+TINY_SHAPES = [(1, 2, 48, 48, 64), (1, 2, 40, 7, 40)]
 METHODS = ("triton+map", "triton", "sdpa-flash", "eager+map")
 
 
@@ -64,12 +68,12 @@ def make_methods(q, k, v, scale, map_dtype):
     }
 
 
-def make_inputs(shape, dtype, seed=0):
+def make_inputs(shape, dtype, seed=0, device="cuda"):
     batch, heads, n_q, n_k, head_dim = shape
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    q = torch.randn(batch, heads, n_q, head_dim, device="cuda", dtype=dtype, generator=gen)
-    k = torch.randn(batch, heads, n_k, head_dim, device="cuda", dtype=dtype, generator=gen)
-    v = torch.randn(batch, heads, n_k, head_dim, device="cuda", dtype=dtype, generator=gen)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(batch, heads, n_q, head_dim, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(batch, heads, n_k, head_dim, device=device, dtype=dtype, generator=gen)
+    v = torch.randn(batch, heads, n_k, head_dim, device=device, dtype=dtype, generator=gen)
     return q, k, v
 
 
@@ -87,52 +91,59 @@ def check_outputs(methods) -> None:
             )
 
 
-def matmul_ceiling_tflops(warmup: int, rep: int) -> float:
-    import triton.testing
+def autotune_picks() -> dict[str, dict[str, str]]:
+    """The tile the autotuner chose per key (N, M, D and the argument dtypes), for each kernel; empty where the
+    kernel has a single config (the interpreter)."""
+    from atedm_kernels.kernels import triton_attention as ta
 
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = triton.testing.do_bench(lambda: a @ b, warmup=warmup, rep=rep, return_mode="median")
-    return 2 * 8192**3 / (ms * 1e-3) / 1e12
+    picks = {}
+    for name, kernel in (("fwd", ta._attn_fwd_kernel), ("map", ta._attn_map_kernel)):
+        picks[name] = {",".join(map(str, key)): str(config) for key, config in getattr(kernel, "cache", {}).items()}
+    return picks
 
 
-def run(dtype_names, map_dtype, warmup: int, rep: int) -> dict:
+def run(dtype_names, map_dtype, warmup: int, rep: int, shapes=SHAPES, device: str = "cuda",
+        ceiling_tflops: float | None = None) -> dict:
+    """Every method at every shape and dtype, timed side by side; ``ceiling_tflops`` (measured here when None) is the
+    bf16 matmul rate the TFLOP/s are set against."""
     import triton
-    import triton.testing
 
-    ceiling = matmul_ceiling_tflops(warmup, rep)
+    from roofline import measure_ceilings, median_ms  # a sibling script: run from benchmarks/ or via kernels.py
+
+    if ceiling_tflops is None:
+        n = 8192 if device == "cuda" else 256
+        ceiling_tflops = measure_ceilings(device, copy_bytes=1 << 20, matmul_n=n, warmup_ms=warmup,
+                                          rep_ms=rep)["bf16_matmul"]["tflops"]
     rows = []
-    for shape in SHAPES:
+    for shape in shapes:
         for dtype_name in dtype_names:
-            q, k, v = make_inputs(shape, DTYPES[dtype_name])
+            q, k, v = make_inputs(shape, DTYPES[dtype_name], device=device)
             methods = make_methods(q, k, v, shape[-1] ** -0.5, map_dtype)
             check_outputs(methods)  # also triggers autotuning before timing
-            times = {
-                name: triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="all")
-                for name, fn in methods.items()
-            }
+            times = {name: median_ms(fn, warmup, rep, device)[1] for name, fn in methods.items()}
             sdpa_ms = statistics.median(times["sdpa-flash"])
             for name in METHODS:
-                median_ms = statistics.median(times[name])
+                median = statistics.median(times[name])
                 flops = attention_flops(shape, with_map_pass=name == "triton+map")
-                tflops = flops / (median_ms * 1e-3) / 1e12
+                tflops = flops / (median * 1e-3) / 1e12
                 rows.append(
                     {
                         "shape_BHNMD": list(shape),
                         "dtype": dtype_name,
                         "method": name,
-                        "median_ms": median_ms,
+                        "median_ms": median,
                         "flops": flops,
                         "tflops": tflops,
-                        "fraction_of_matmul_peak": tflops / ceiling,
-                        "ratio_to_sdpa": median_ms / sdpa_ms,
+                        "fraction_of_matmul_peak": tflops / ceiling_tflops,
+                        "ratio_to_sdpa": median / sdpa_ms,
                         "times_ms": times[name],
                     }
                 )
             del q, k, v, methods
-            torch.cuda.empty_cache()
+            if device == "cuda":
+                torch.cuda.empty_cache()
     return {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
         "triton": triton.__version__,
         "cuda": torch.version.cuda,
@@ -140,7 +151,8 @@ def run(dtype_names, map_dtype, warmup: int, rep: int) -> dict:
         "map_dtype": str(map_dtype).removeprefix("torch."),
         "warmup_ms": warmup,
         "rep_ms": rep,
-        "bf16_matmul_ceiling_tflops": ceiling,
+        "bf16_matmul_ceiling_tflops": ceiling_tflops,
+        "autotune_picks": autotune_picks(),
         "results": rows,
     }
 

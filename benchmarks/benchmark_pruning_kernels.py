@@ -36,10 +36,15 @@ LEVELS = (
     {"level": "4096 tokens (A2 blocks)", "batch": 2, "n": 4096, "channels": 640, "heads": 10},
     {"level": "1024 tokens (A10 blocks)", "batch": 2, "n": 1024, "channels": 1280, "heads": 20},
 )
+# ``--tiny`` (``.ci/gpu --dry-run`` on a CPU): the same two levels, small, through the ``auto`` backend's CPU kernels.
+TINY_LEVELS = (
+    {"level": "tiny A2", "batch": 2, "n": 64, "channels": 40, "heads": 2},
+    {"level": "tiny A10", "batch": 2, "n": 33, "channels": 24, "heads": 2},
+)
 HEAD_DIM = 64
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pruning_kernels.json"))
     parser.add_argument("--keep-ratio", type=float, default=0.37)
@@ -47,37 +52,56 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=25, help="warm-up time per measurement, ms")
     parser.add_argument("--rep", type=int, default=200, help="measured time per measurement, ms")
     parser.add_argument("--copy-gib", type=float, default=1.0, help="size of the bandwidth-ceiling copy, GiB")
-    return parser.parse_args()
+    parser.add_argument("--tiny", action="store_true",
+                        help="a check that the script runs, not a measurement: tiny levels on the CPU (.ci/gpu --dry-run)")
+    return parser.parse_args(argv)
 
 
-def bench_level(level: dict, args, time, ceiling_gbs: float) -> dict:
+def kernel_functions(device: str) -> dict:
+    """The pruning kernels called directly: the CUDA extension's wrappers on a GPU (no dispatch cost), the public
+    ops' ``auto`` backend on a CPU (``--tiny``)."""
     import atedm_kernels
-    from atedm_kernels.kernels import cuda
 
+    if device == "cuda":
+        from atedm_kernels.kernels import cuda
+
+        return {"gwpr": cuda.gwpr_cuda, "select_tokens": cuda.select_tokens_cuda,
+                "similarity_sources": cuda.similarity_sources_cuda, "gather_tokens": cuda.gather_tokens_cuda,
+                "recover_tokens": cuda.recover_tokens_cuda}
+    return {name: getattr(atedm_kernels, name)
+            for name in ("gwpr", "select_tokens", "similarity_sources", "gather_tokens", "recover_tokens")}
+
+
+def bench_level(level: dict, args, time, ceiling_gbs: float, device: str = "cuda") -> dict:
+    import atedm_kernels
+
+    op = kernel_functions(device)
+    backend = "cuda" if device == "cuda" else "auto"
+    attention_backend = "triton" if device == "cuda" else "auto"
     batch, n, channels, heads = level["batch"], level["n"], level["channels"], level["heads"]
     keep = max(1, min(n, round(args.keep_ratio * n)))
     elt = 2  # fp16 map and activations
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    amap = torch.softmax(torch.randn(batch, n, n, generator=gen, device="cuda"), dim=-1).half()
-    x = torch.randn(batch, n, channels, generator=gen, device="cuda").half()
-    scores = cuda.gwpr_cuda(amap, args.num_iters, 0.0)
-    keep_idx, prune_idx = cuda.select_tokens_cuda(scores, keep)
-    src = cuda.similarity_sources_cuda(amap, keep_idx, prune_idx)
-    x_kept = cuda.gather_tokens_cuda(x, keep_idx)
+    gen = torch.Generator(device=device).manual_seed(0)
+    amap = torch.softmax(torch.randn(batch, n, n, generator=gen, device=device), dim=-1).half()  # [B, N, N]
+    x = torch.randn(batch, n, channels, generator=gen, device=device).half()  # [B, N, C]
+    scores = op["gwpr"](amap, args.num_iters, 0.0)  # [B, N]
+    keep_idx, prune_idx = op["select_tokens"](scores, keep)  # [B, K], [B, N - K]
+    src = op["similarity_sources"](amap, keep_idx, prune_idx)  # [B, N - K]
+    x_kept = op["gather_tokens"](x, keep_idx)  # [B, K, C]
 
     kernels = {
         "gwpr": (
-            lambda: cuda.gwpr_cuda(amap, args.num_iters, 0.0),
+            lambda: op["gwpr"](amap, args.num_iters, 0.0),
             args.num_iters * batch * n * n * elt + batch * n * 4,
         ),
-        "select_tokens": (lambda: cuda.select_tokens_cuda(scores, keep), batch * n * 4 + batch * n * 8),
+        "select_tokens": (lambda: op["select_tokens"](scores, keep), batch * n * 4 + batch * n * 8),
         "similarity_sources": (
-            lambda: cuda.similarity_sources_cuda(amap, keep_idx, prune_idx),
+            lambda: op["similarity_sources"](amap, keep_idx, prune_idx),
             batch * keep * (n - keep) * elt + batch * (n - keep) * 8,
         ),
-        "gather_tokens": (lambda: cuda.gather_tokens_cuda(x, keep_idx), 2 * batch * keep * channels * elt),
+        "gather_tokens": (lambda: op["gather_tokens"](x, keep_idx), 2 * batch * keep * channels * elt),
         "recover_tokens": (
-            lambda: cuda.recover_tokens_cuda(x_kept, keep_idx, prune_idx, src),
+            lambda: op["recover_tokens"](x_kept, keep_idx, prune_idx, src),
             2 * batch * n * channels * elt,
         ),
     }
@@ -91,17 +115,17 @@ def bench_level(level: dict, args, time, ceiling_gbs: float) -> dict:
     result["pruning_total_ms"] = sum(k["ms"] for k in result["kernels"].values())
 
     def chain():
-        s = atedm_kernels.gwpr(amap, args.num_iters, backend="cuda")
-        ki, pi = atedm_kernels.select_tokens(s, keep, backend="cuda")
-        sr = atedm_kernels.similarity_sources(amap, ki, pi, backend="cuda")
-        xk = atedm_kernels.gather_tokens(x, ki, backend="cuda")
-        return atedm_kernels.recover_tokens(xk, ki, pi, sr, backend="cuda")
+        s = atedm_kernels.gwpr(amap, args.num_iters, backend=backend)
+        ki, pi = atedm_kernels.select_tokens(s, keep, backend=backend)
+        sr = atedm_kernels.similarity_sources(amap, ki, pi, backend=backend)
+        xk = atedm_kernels.gather_tokens(x, ki, backend=backend)
+        return atedm_kernels.recover_tokens(xk, ki, pi, sr, backend=backend)
 
     result["chain_through_ops_ms"] = time(chain)[0]
 
     try:
-        q, k, v = (torch.randn(batch, heads, n, HEAD_DIM, generator=gen, device="cuda").half() for _ in range(3))
-        attention_ms = time(lambda: atedm_kernels.attention_with_map(q, k, v, backend="triton"))[0]
+        q, k, v = (torch.randn(batch, heads, n, HEAD_DIM, generator=gen, device=device).half() for _ in range(3))
+        attention_ms = time(lambda: atedm_kernels.attention_with_map(q, k, v, backend=attention_backend))[0]
         result["attention_with_map_ms"] = attention_ms
         result["overhead_vs_attention"] = result["pruning_total_ms"] / attention_ms
     except Exception as exc:  # the Triton kernel is another module: report it missing, do not crash the run
@@ -124,23 +148,28 @@ def print_level(res: dict) -> None:
         print(f"  attention_with_map (triton): {att:.1f} us; pruning overhead = {res['overhead_vs_attention']:.1%}")
 
 
-def main() -> None:
-    args = parse_args()
-    if not torch.cuda.is_available():
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = "cpu" if args.tiny else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmark_pruning_kernels: no CUDA GPU (torch.cuda.is_available() is False); nothing to time")
     try:
         from atedm_kernels import _C
     except ImportError as exc:
-        raise SystemExit(f"benchmark_pruning_kernels: the CUDA extension atedm_kernels._C is not built ({exc})")
+        if device == "cuda":
+            raise SystemExit(f"benchmark_pruning_kernels: the CUDA extension atedm_kernels._C is not built ({exc})")
+        _C = None
 
     def time(fn):
-        return median_ms(fn, args.warmup, args.rep)
+        return median_ms(fn, args.warmup, args.rep, device)
 
-    ceilings = measure_ceilings("cuda", copy_bytes=int(args.copy_gib * (1 << 30)), warmup_ms=args.warmup,
-                                rep_ms=args.rep)
+    copy_bytes = int(args.copy_gib * (1 << 30)) if device == "cuda" else 1 << 20
+    ceilings = measure_ceilings(device, copy_bytes=copy_bytes, matmul_n=8192 if device == "cuda" else 256,
+                                warmup_ms=args.warmup, rep_ms=args.rep)
     ceiling, method = ceilings["copy"], ceilings["timer"]
-    print(f"{torch.cuda.get_device_name()}: device copy {ceiling['gb_per_s']:.0f} GB/s (timer: {method})")
-    levels = [bench_level(level, args, time, ceiling["gb_per_s"]) for level in LEVELS]
+    print(f"{ceilings['device']}: device copy {ceiling['gb_per_s']:.0f} GB/s (timer: {method})")
+    levels = [bench_level(level, args, time, ceiling["gb_per_s"], device)
+              for level in (TINY_LEVELS if args.tiny else LEVELS)]
     for res in levels:
         print_level(res)
 
@@ -151,12 +180,12 @@ def main() -> None:
     except ImportError:
         triton_version = None
     report = {
-        "device": torch.cuda.get_device_name(),
+        "device": ceilings["device"],
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "triton": triton_version,
         "python": platform.python_version(),
-        "extension": _C.info(),
+        "extension": _C.info() if _C is not None else None,
         "timer": method,
         "timings": "ms: median; times_ms: every run",
         "keep_ratio": args.keep_ratio,

@@ -4,7 +4,8 @@ Runs, on one GPU:
 
 1. ``roofline.measure_ceilings``: device-copy bandwidth (GB/s) and bf16 matmul rate (TFLOP/s);
 2. ``benchmark_attention_with_map.run``: the fused attention (with and without the map), SDPA flash and the eager
-   map, at SD-XL's two attention shapes; rated in TFLOP/s against the matmul ceiling;
+   map, at SD-XL's self- and cross-attention shapes; rated in TFLOP/s against the matmul ceiling; the autotuner's
+   pick per shape in the raw report;
 3. ``benchmark_pruning_kernels.py`` (as a subprocess with ``--out``; it has no importable entry point): the CUDA
    pruning-path kernels at the same levels; rated in GB/s against the copy ceiling.
 
@@ -13,12 +14,14 @@ fractions, against ceilings they measure separately, stay in their raw reports).
 in ``failed`` and makes the exit status non-zero; the others still run.
 
     python benchmarks/kernels.py --out benchmarks/results/kernels.json
+    python benchmarks/kernels.py --tiny --warmup 1 --rep 5     # a CPU check that it runs (no figures to keep)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -30,12 +33,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-def attention_rows(ceilings: dict, warmup_ms: int, rep_ms: int) -> tuple[list[dict], dict]:
+def attention_rows(ceilings: dict, warmup_ms: int, rep_ms: int, tiny: bool) -> tuple[list[dict], dict]:
     """Fused-attention rows (TFLOP/s vs the matmul ceiling) and the script's raw report."""
     import benchmark_attention_with_map as attention
 
-    report = attention.run(["fp16", "bf16"], torch.float16, warmup_ms, rep_ms)
     peak = ceilings["bf16_matmul"]["tflops"]
+    shapes, device = (attention.TINY_SHAPES, "cpu") if tiny else (attention.SHAPES, "cuda")
+    report = attention.run(["fp16", "bf16"], torch.float16, warmup_ms, rep_ms, shapes, device, peak)
     rows = [
         {
             "benchmark": "attention_with_map",
@@ -51,12 +55,12 @@ def attention_rows(ceilings: dict, warmup_ms: int, rep_ms: int) -> tuple[list[di
     return rows, report
 
 
-def pruning_rows(ceilings: dict, warmup_ms: int, rep_ms: int) -> tuple[list[dict], dict]:
+def pruning_rows(ceilings: dict, warmup_ms: int, rep_ms: int, tiny: bool) -> tuple[list[dict], dict]:
     """Pruning-kernel rows (GB/s vs the copy ceiling) and the script's raw report."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pruning.json"
         cmd = [sys.executable, str(HERE / "benchmark_pruning_kernels.py"), "--out", str(out),
-               "--warmup", str(warmup_ms), "--rep", str(rep_ms)]
+               "--warmup", str(warmup_ms), "--rep", str(rep_ms), *(["--tiny"] if tiny else [])]
         subprocess.run(cmd, check=True)
         report = json.loads(out.read_text())
     bandwidth = ceilings["copy"]["gb_per_s"]
@@ -97,21 +101,28 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=100, help="warm-up time per measurement, ms")
     parser.add_argument("--rep", type=int, default=500, help="measured time per measurement, ms")
     parser.add_argument("--out", help="write the table, the ceilings and every raw report to this JSON file")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a check that the scripts run, not a measurement: tiny shapes on the CPU (.ci/gpu --dry-run)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    if not args.tiny and not torch.cuda.is_available():
         print("kernels: no CUDA device; this benchmark needs a GPU.", file=sys.stderr)
         return 2
+    if args.tiny:  # before Triton is first imported: on a CPU its kernels run in the interpreter
+        os.environ["TRITON_INTERPRET"] = "1"
     sys.path.insert(0, str(HERE))  # the benchmark scripts are siblings, not a package
     import triton
     from roofline import measure_ceilings
 
-    ceilings = measure_ceilings("cuda")
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+    if args.tiny:
+        ceilings = measure_ceilings("cpu", copy_bytes=1 << 20, matmul_n=256, warmup_ms=args.warmup, rep_ms=args.rep)
+    else:
+        ceilings = measure_ceilings("cuda", warmup_ms=args.warmup, rep_ms=args.rep)
+    report = {"device": ceilings["device"], "torch": torch.__version__, "triton": triton.__version__,
               "cuda": torch.version.cuda, "python": platform.python_version(), "ceilings": ceilings, "rows": [],
               "raw": {}, "failed": {}}
     for name, collect in (("attention_with_map", attention_rows), ("pruning_kernels", pruning_rows)):
         try:
-            rows, raw = collect(ceilings, args.warmup, args.rep)
+            rows, raw = collect(ceilings, args.warmup, args.rep, args.tiny)
         except Exception as exc:  # recorded and reflected in the exit status; the other benchmark still runs
             report["failed"][name] = f"{type(exc).__name__}: {exc}"
             continue

@@ -18,14 +18,21 @@ import json
 import platform
 import statistics
 import sys
+import time
 
 import torch
 
 L2_FLUSH_BYTES = 256 << 20  # zeroed before every CUDA-event run: larger than any current L2
 
 
-def median_ms(fn, warmup_ms: float = 100, rep_ms: float = 500) -> tuple[float, list[float], str]:
-    """Median milliseconds of ``fn`` and the raw times: (median, times, timer name)."""
+def median_ms(fn, warmup_ms: float = 100, rep_ms: float = 500, device: str = "cuda") -> tuple[float, list[float], str]:
+    """Median milliseconds of ``fn`` and the raw times: (median, times, timer name).
+
+    ``device="cpu"`` times with ``time.perf_counter`` around single runs (``.ci/gpu --dry-run``'s CPU stand-in:
+    a check that the benchmark runs, not a measurement).
+    """
+    if torch.device(device).type == "cpu":
+        return _cpu_median_ms(fn, warmup_ms, rep_ms)
     try:
         from triton.testing import do_bench
     except ImportError:
@@ -55,27 +62,45 @@ def median_ms(fn, warmup_ms: float = 100, rep_ms: float = 500) -> tuple[float, l
     return statistics.median(times), times, "cuda events"
 
 
+def _cpu_median_ms(fn, warmup_ms: float, rep_ms: float) -> tuple[float, list[float], str]:
+    times = []
+    deadline = time.perf_counter() + warmup_ms / 1e3
+    fn()
+    while time.perf_counter() < deadline:
+        fn()
+    deadline = time.perf_counter() + rep_ms / 1e3
+    while len(times) < 3 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), times, "time.perf_counter (CPU)"
+
+
 def measure_ceilings(
     device: str | torch.device = "cuda", copy_bytes: int = 1 << 30, matmul_n: int = 8192, warmup_ms: float = 100,
     rep_ms: float = 500,
 ) -> dict:
-    """Measured copy bandwidth (GB/s) and bf16 matmul rate (TFLOP/s) of ``device``, with their raw timings."""
+    """Measured copy bandwidth (GB/s) and bf16 matmul rate (TFLOP/s) of ``device``, with their raw timings.
+
+    A CPU ``device`` is accepted for ``.ci/gpu --dry-run`` (small sizes there; not a ceiling anyone should quote).
+    """
     device = torch.device(device)
-    if device.type != "cuda":
-        raise ValueError(f"device must be a CUDA device, got {device}")
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"device must be a CUDA device (or the CPU for a dry run), got {device}")
     gen = torch.Generator(device=device).manual_seed(0)
     src = torch.randn(copy_bytes // 2, device=device, dtype=torch.float16, generator=gen)  # never all zeros
     dst = torch.empty_like(src)
-    copy_ms, copy_times, timer = median_ms(lambda: dst.copy_(src), warmup_ms, rep_ms)
+    copy_ms, copy_times, timer = median_ms(lambda: dst.copy_(src), warmup_ms, rep_ms, device.type)
     moved = 2 * src.numel() * src.element_size()  # read + write
     del src, dst
     a = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16, generator=gen)
     b = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16, generator=gen)
-    mm_ms, mm_times, _ = median_ms(lambda: a @ b, warmup_ms, rep_ms)
+    mm_ms, mm_times, _ = median_ms(lambda: a @ b, warmup_ms, rep_ms, device.type)
     del a, b
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return {
-        "device": torch.cuda.get_device_name(device),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "timer": timer,
         "copy": {"bytes": moved, "median_ms": copy_ms, "gb_per_s": moved / copy_ms / 1e6, "times_ms": copy_times},
         "bf16_matmul": {

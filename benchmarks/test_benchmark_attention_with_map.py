@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("shape", SHAPES, ids=["A2-4096", "A10-1024"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["A2-4096", "A10-1024", "A2-4096x77", "A10-1024x77"])
 def test_attention_fp16(benchmark, shape, method):
     q, k, v = make_inputs(shape, torch.float16)
     fn = make_methods(q, k, v, shape[-1] ** -0.5, torch.float16)[method]

@@ -124,10 +124,12 @@ def _kernel_call(case: dict):
         fn = ta._attn_fwd_kernel.fn
         args.update(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", Out=f"*{dtype}", Lse="*fp32")
         constexprs["WRITE_LSE"] = case["write_lse"]
+        constexprs["STATIC_M"] = ta.loop_bound(N_K, interpreted=False)
     else:
         fn = ta._attn_map_kernel.fn
         args.update(Q=f"*{dtype}", K=f"*{dtype}", Lse="*fp32", Amap=f"*{case['map_dtype']}", inv_heads=1.0 / HEADS)
         args.update(stride_ab=N_Q * N_K, stride_an=N_K, stride_am=1)
+        constexprs["STATIC_H"] = ta.loop_bound(HEADS, interpreted=False)
     return fn, args, constexprs
 
 

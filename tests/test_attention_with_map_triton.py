@@ -214,3 +214,29 @@ def test_sdxl_shapes(shape, dtype):
     out2, amap2 = ta.attention_with_map_triton(q, k, v, scale, map_dtype)
     assert torch.equal(out, out2) and torch.equal(amap, amap2)
     assert torch.equal(ta.attention_triton(q, k, v, scale), out)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA (and compiled, not interpreted, Triton kernels)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("head_dim", [40, 64, 80, 128])
+def test_head_dims_and_dtypes_at_odd_sizes(head_dim, dtype):
+    """Every head dim of the SD family (40: SD 1.x, 64: SD-XL, 80 and 128) in every input dtype, at sizes that fill
+    no tile (N = 333, M = 77 + 200), compiled for the GPU and judged against float64 like the interpreter cases."""
+    q, k, v = _qkv((2, 3, 333, 277, head_dim), dtype, seed=head_dim, transposed=head_dim == 80)
+    scale = head_dim**-0.5
+    out, amap = ta.attention_with_map_triton(q, k, v, scale, torch.float32)
+    _check_accuracy(q, k, v, out, amap, scale, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA (and compiled, not interpreted, Triton kernels)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(2, 10, 4096, 77, 64), (2, 20, 1024, 77, 64)], ids=["A2-4096x77", "A10-1024x77"])
+def test_sdxl_cross_attention_shapes(shape, dtype):
+    """SD-XL's cross-attention to the 77 text tokens (the map the cross-attention G-WPR variants read)."""
+    q, k, v = _qkv(shape, dtype, seed=5, transposed=True)
+    scale = shape[-1] ** -0.5
+    out, amap = ta.attention_with_map_triton(q, k, v, scale, torch.float16)
+    _check_accuracy(q, k, v, out, amap, scale, torch.float16)
+

@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -559,33 +558,7 @@ def test_ops_dispatch_to_the_extension():
 # GPU: compute-sanitizer
 # ----------------------------------------------------------------------------------------------------------------
 
-_SANITIZER_SCRIPT = textwrap.dedent(
-    """
-    import torch
-    import atedm_kernels as ak
-
-    torch.manual_seed(0)
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        for n, channels in ((1, 3), (7, 5), (100, 8), (1000, 77), (1025, 640)):
-            amap = torch.softmax(torch.randn(3, n, n, device="cuda"), -1).to(dtype)
-            keep = max(1, round(0.37 * n))
-            scores = ak.gwpr(amap, 3, 0.1, backend="cuda")
-            keep_idx, prune_idx = ak.select_tokens(scores.to(dtype), keep, backend="cuda")
-            src = ak.similarity_sources(amap, keep_idx, prune_idx, backend="cuda")
-            x = torch.randn(3, n, channels, device="cuda").to(dtype)
-            x_kept = ak.gather_tokens(x, keep_idx, backend="cuda")
-            ak.recover_tokens(x_kept, keep_idx, prune_idx, src, backend="cuda")
-            ak.select_tokens(torch.zeros(3, n, device="cuda"), n, backend="cuda")
-        # out-of-range indices must be skipped, never dereferenced
-        x = torch.randn(2, 10, 6, device="cuda").to(dtype)
-        bad = torch.tensor([[0, -5, 10, 3], [12, 9, -1, 2]], device="cuda")
-        ak.gather_tokens(x, bad, backend="cuda")
-        ak.recover_tokens(x[:, :4], bad, torch.tensor([[1, 2, 4, 5, 6, 7], [0, 1, 3, 4, 5, 6]], device="cuda"),
-                          torch.tensor([[0, 9, -1, 1, 2, 3], [3, 4, 0, 1, 2, 3]], device="cuda"), backend="cuda")
-    torch.cuda.synchronize()
-    print("sanitizer script done")
-    """
-)
+SANITIZER_WORKLOAD = ROOT / "tests" / "cuda_sanitizer_workload.py"
 
 
 def _sanitizer() -> str | None:
@@ -598,21 +571,19 @@ def _sanitizer() -> str | None:
 @gpu
 @needs_gpu
 @pytest.mark.skipif(_sanitizer() is None, reason="compute-sanitizer not found")
-@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
-def test_compute_sanitizer(tool, tmp_path):
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck"])
+def test_compute_sanitizer(tool):
     sanitizer = _sanitizer()
-    script = tmp_path / "exercise_kernels.py"
-    script.write_text(_SANITIZER_SCRIPT)
     command = [sanitizer, "--tool", tool, "--error-exitcode", "1"]
     help_text = subprocess.run([sanitizer, "--help"], capture_output=True, text=True).stdout
     if "--kernel-name" in help_text:  # check only this package's kernels (namespace atedm), not torch's
         command += ["--kernel-name", "kns=atedm"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     result = subprocess.run(
-        command + [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900
+        command + [sys.executable, str(SANITIZER_WORKLOAD)], capture_output=True, text=True, env=env, timeout=900
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-6000:]
-    assert "sanitizer script done" in log
+    assert "sanitizer workload done" in log
     assert not re.search(r"ERROR SUMMARY: [1-9]", log), log[-6000:]
     assert not re.search(r"RACECHECK SUMMARY: [1-9]", log), log[-6000:]

@@ -164,6 +164,19 @@ def test_compiled_unet_matches_eager(unet):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
+def test_compiled_unet_with_dynamic_shapes_matches_eager(unet):
+    """``torch.compile(dynamic=True)``: token counts reach the ops as SymInts (K = round(keep_ratio * N) too), and
+    two image sizes run through one graph per phase."""
+    with apply(unet, AtEdmConfig(prune_less_steps=0)):
+        cases = [unet_inputs(unet, 2, size, size, seed=3) for size in (64, 48)]
+        eager = [run(unet, inputs, timestep=torch.tensor(999.0)) for inputs in cases]
+        torch._dynamo.reset()
+        compiled = torch.compile(unet, backend="aot_eager", dynamic=True)
+        got = [run(compiled, inputs, timestep=torch.tensor(999.0)) for inputs in cases]
+    for e, g in zip(eager, got):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("scheduler_name", ["EulerDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler"])
 def test_pipeline_clock_follows_the_scheduler(scheduler_name):
     """Second-order schedulers call the U-Net twice per step (KDPM2 at two different timesteps): the DSAP clock

@@ -206,6 +206,7 @@ def _attn_fwd_kernel(
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32); ignored by 16-bit dots
     UPCAST_BF16: tl.constexpr,  # interpreter + bf16 only: see _dot
     ROW_ALIGN: tl.constexpr,  # a power of two dividing every stride but the head dim's: see row_align_of_strides
+    STATIC_M: tl.constexpr,  # interpreter only: M as a Python int for the key loop (see loop_bounds); else 0
     BLOCK_M: tl.constexpr,  # query rows per program: each K/V tile load is reused by this many rows
     BLOCK_N: tl.constexpr,  # keys per inner-loop step: width of the [BLOCK_M, BLOCK_N] logits tile
 ):
@@ -236,7 +237,7 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s - m_i)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)  # running sum of exp2(s - m_i) * v
 
-    for start_n in range(0, M, BLOCK_N):
+    for start_n in range(0, M if STATIC_M == 0 else STATIC_M, BLOCK_N):
         key_ok = (start_n + offs_n) < M  # [BLOCK_N]
         kv_mask = key_ok[:, None] & d_ok[None, :]
         k = tl.load(k_ptrs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
@@ -275,6 +276,7 @@ def _attn_map_kernel(
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32); ignored by 16-bit dots
     UPCAST_BF16: tl.constexpr,  # interpreter + bf16 only: see _dot
     ROW_ALIGN: tl.constexpr,  # divides every stride of q and k but the head dim's: see row_align_of_strides
+    STATIC_H: tl.constexpr,  # interpreter only: H as a Python int for the head loop (see loop_bounds); else 0
     BLOCK_M: tl.constexpr,  # query rows of the map tile this program owns
     BLOCK_N: tl.constexpr,  # key columns of the map tile this program owns
 ):
@@ -305,7 +307,7 @@ def _attn_map_kernel(
     k_mask = key_ok[:, None] & d_ok[None, :]
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # sum over heads of P_h on this tile
-    for _ in range(0, H):
+    for _ in range(0, H if STATIC_H == 0 else STATIC_H):
         q_ptrs = Q + tl.multiple_of(q_head + q_rows, ROW_ALIGN)[:, None] + offs_d[None, :] * stride_qd
         k_ptrs = K + tl.multiple_of(k_head + k_rows, ROW_ALIGN)[:, None] + offs_d[None, :] * stride_kd
         q = tl.load(q_ptrs, mask=q_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
@@ -383,6 +385,14 @@ def dot_args(dtype: torch.dtype, interpreted: bool = INTERPRETED) -> dict:
     return {"DOT_PRECISION": "ieee" if dtype == torch.float32 or upcast else "tf32", "UPCAST_BF16": upcast}
 
 
+def loop_bound(value: int, interpreted: bool = INTERPRETED) -> int:
+    """The ``STATIC_M`` / ``STATIC_H`` constexpr: ``value`` when interpreted, 0 (loop to the runtime argument) when
+    compiled. Triton 3.6's interpreter passes a runtime integer to ``range()`` as a 1-element numpy array, which numpy
+    2.4 and later refuse to convert to an index; a constexpr reaches it as a Python int. Compiled kernels keep the
+    runtime bound, so no size is baked into a binary."""
+    return int(value) if interpreted else 0
+
+
 def _device_ctx(t: torch.Tensor):
     # Triton launches on the current CUDA device and stream: make the tensors' device current.
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
@@ -412,6 +422,7 @@ def _forward(q, k, v, scale: float, out, write_lse: bool):
             BLOCK_D=tile_d,
             WRITE_LSE=write_lse,
             ROW_ALIGN=row_align_of_strides(q.stride(), k.stride(), v.stride(), out.stride()),
+            STATIC_M=loop_bound(n_k),
             **dot_args(q.dtype),
         )
     return out, lse
@@ -455,6 +466,7 @@ def attention_with_map_triton(
             HEAD_DIM=head_dim,
             BLOCK_D=_checked_block_d(q),
             ROW_ALIGN=row_align_of_strides(q.stride(), k.stride()),
+            STATIC_H=loop_bound(heads),
             **dot_args(q.dtype),
         )
     return out, amap
