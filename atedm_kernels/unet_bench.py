@@ -184,6 +184,21 @@ def timed_call(fn, device: torch.device) -> float:
     return 1e3 * (time.perf_counter() - t0)
 
 
+def host_issue_ms(fn, device: torch.device) -> tuple[float, float]:
+    """``(host, wall)`` milliseconds of one call of ``fn``: ``host`` until ``fn`` returns on the host, ``wall`` until
+    the device has finished too. On a GPU, ``host`` close to ``wall`` means the GPU waited for Python to issue work
+    (host-bound, or a device sync inside ``fn``); ``host`` well under ``wall`` means the GPU was the bottleneck. On a
+    CPU both are the same."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    host = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1e3 * host, 1e3 * (time.perf_counter() - t0)
+
+
 def profiled_call(fn, device: torch.device) -> dict:
     """One call of ``fn`` under ``torch.profiler``: its wall time, the time in each pruning-path op and in SDPA
     (device time on CUDA, CPU time elsewhere), the SDPA / attention_with_map call counts per (q, k) shape, and
@@ -320,7 +335,11 @@ def run_eager(unet, calls_of, names, args, device, memory) -> tuple[dict, dict, 
             for _, profiled in parts:
                 check_finite(name, profiled.pop("output"))
             profiles[name] = weighted_profile(parts)
-        log(f"  profiled {name:<17} {profiles[name]['profiled_call_ms'] / 1e3:8.2f} s")
+            issue = [(weight, host_issue_ms(call, device)) for weight, call in calls_of(handle)]
+            profiles[name]["host_issue_ms"] = sum(weight * host for weight, (host, _) in issue)
+            profiles[name]["host_issue_wall_ms"] = sum(weight * wall for weight, (_, wall) in issue)
+        log(f"  profiled {name:<17} {profiles[name]['profiled_call_ms'] / 1e3:8.2f} s; host issue "
+            f"{profiles[name]['host_issue_ms'] / 1e3:.3f} s of {profiles[name]['host_issue_wall_ms'] / 1e3:.3f} s")
     return times, peaks, profiles
 
 
@@ -400,7 +419,9 @@ def run(args: argparse.Namespace) -> dict:
     for name in args.variants:
         row = {"variant": name, "compiled": False, "macs": macs[name], "median_ms": statistics.median(times[name]),
                "peak_memory_bytes": peaks[name], "times_ms": times[name],
-               "profiled_call_ms": profiles[name]["profiled_call_ms"], "split_ms": profiles[name]["split_ms"]}
+               "profiled_call_ms": profiles[name]["profiled_call_ms"], "split_ms": profiles[name]["split_ms"],
+               "host_issue_ms": profiles[name]["host_issue_ms"],
+               "host_issue_wall_ms": profiles[name]["host_issue_wall_ms"]}
         if "dense" in profiles and name != "dense":
             row["pruning_overhead"] = pruning_overhead(profiles[name], profiles["dense"])
         if name in peers.PACKAGES:

@@ -11,7 +11,9 @@ Methods, all on ``q, k, v [B, H, N, D]`` contiguous, timed side by side in one r
 
 Shapes: SD-XL's self-attention at its two attention levels and its cross-attention (M = 77 text tokens) at both.
 Each method's median time comes from ``roofline.median_ms`` (``triton.testing.do_bench``: L2 flushed before every
-run; random normal inputs). The report also records the autotuner's pick per shape. TFLOP/s counts the matrix FLOPs each method executes: ``4*B*H*N*M*D`` for attention, plus
+run; random normal inputs). The report also records the autotuner's pick per shape.
+
+TFLOP/s counts the matrix FLOPs each method executes: ``4*B*H*N*M*D`` for attention, plus
 ``2*B*H*N*M*D`` for the map pass that recomputes ``q k^T`` (``triton+map`` only). ``% peak`` divides by a bf16
 matmul measured in the same run (8192^3), ``x sdpa`` is the time ratio to ``sdpa-flash`` of the same row.
 
@@ -108,7 +110,7 @@ def run(dtype_names, map_dtype, warmup: int, rep: int, shapes=SHAPES, device: st
     bf16 matmul rate the TFLOP/s are set against."""
     import triton
 
-    from roofline import measure_ceilings, median_ms  # a sibling script: run from benchmarks/ or via kernels.py
+    from roofline import measure_ceilings, median_ms  # a sibling script (run from benchmarks/ or benchmark_kernels)
 
     if ceiling_tflops is None:
         n = 8192 if device == "cuda" else 256

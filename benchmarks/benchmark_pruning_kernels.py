@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rep", type=int, default=200, help="measured time per measurement, ms")
     parser.add_argument("--copy-gib", type=float, default=1.0, help="size of the bandwidth-ceiling copy, GiB")
     parser.add_argument("--tiny", action="store_true",
-                        help="a check that the script runs, not a measurement: tiny levels on the CPU (.ci/gpu --dry-run)")
+                        help="a check that the script runs, not a measurement: tiny levels on the CPU")
     return parser.parse_args(argv)
 
 

@@ -5,19 +5,21 @@
 between ``<!-- tables:start -->`` and ``<!-- tables:end -->`` from every JSON under ``benchmarks/results/``:
 the MACs table; the peers' table (DeepCache, T-GATE, AT-EDM on DeepCache: MACs and, where a committed CPU run
 has their rows, CPU time); the CPU end-to-end tables (``unet_e2e_cpu_*.json``, from ``atedm bench --device cpu``, with the
-pruning path's split); and the GPU end-to-end and kernel tables when a GPU run has committed ``unet_e2e.json`` /
-``kernels.json``. ``tests/test_readme_tables.py`` fails when the README and the JSON disagree.
+pruning path's split); and the GPU tables (the run's steps, end-to-end rows, split and kernels) from the ``.ci/gpu``
+run committed under ``benchmarks/results/gpu/``. ``tests/test_readme_tables.py`` fails when the README and the JSON
+disagree.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+GPU = RESULTS / "gpu"  # one .ci/gpu run: summary.json, logs.tar.gz and the detailed JSONs
 README = ROOT / "README.md"
 START, END = "<!-- tables:start -->", "<!-- tables:end -->"
 PEERS = ("deepcache", "tgate", "atedm+deepcache")  # atedm_kernels.peers.PACKAGES, without importing torch
@@ -99,14 +101,16 @@ def peers_table(macs: dict, cpu_reports: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def e2e_table(report: dict, source: str) -> str:
+def e2e_table(report: dict, source: str, unit: str = "s") -> str:
+    """The end-to-end rows; times in ``unit`` (s on a CPU, ms on a GPU)."""
+    scale = 1e3 if unit == "s" else 1.0
     settings = report["settings"]
     lines = [
         f"End-to-end U-Net step, SD-XL base architecture ({settings['scale']}, random weights), "
         f"{settings['height']}x{settings['width']}, batch {settings['batch']}, {settings['dtype']}, on "
         f"{report.get('device', '?')}; median of {settings['reps']} interleaved calls (from `{source}`):",
         "",
-        "| variant | mode | G MACs | median s | speed-up vs dense | MACs ratio | peak GiB | pruning path extra |",
+        f"| variant | mode | G MACs | median {unit} | speed-up vs dense | MACs ratio | peak GiB | pruning path extra |",
         "|---|---|---|---|---|---|---|---|",
     ]
     dense_macs = {row["compiled"]: row["macs"] for row in report["rows"] if row["variant"] == "dense"}
@@ -114,30 +118,77 @@ def e2e_table(report: dict, source: str) -> str:
         peak = f"{row['peak_memory_bytes'] / 2**30:.2f}" if row.get("peak_memory_bytes") else "n/a"
         mode = "compiled" if row["compiled"] else "eager"
         overhead = row.get("pruning_overhead")
-        extra = f"{overhead['extra_ms'] / 1e3:.2f} s ({overhead['fraction_of_call']:.1%})" if overhead else ""
+        extra = f"{overhead['extra_ms'] / scale:.2f} {unit} ({overhead['fraction_of_call']:.1%})" if overhead else ""
         ratio = dense_macs[row["compiled"]] / row["macs"]
         lines.append(
-            f"| {row['variant']} | {mode} | {row['macs'] / 1e9:.1f} | {row['median_ms'] / 1e3:.2f} | "
+            f"| {row['variant']} | {mode} | {row['macs'] / 1e9:.1f} | {row['median_ms'] / scale:.2f} | "
             f"{row['speedup_vs_dense']:.2f}x | {ratio:.2f}x | {peak} | {extra} |"
         )
     return "\n".join(lines)
 
 
-def split_table(report: dict) -> str:
-    """Where the time of one profiled call goes, per variant (seconds)."""
+def split_table(report: dict, unit: str = "s") -> str:
+    """Where the time of one profiled call goes, per variant (in ``unit``: s on a CPU, ms on a GPU, where the ops'
+    times are device times and the host's issue time of an unprofiled call is added when the JSON has it)."""
+    scale = 1e3 if unit == "s" else 1.0
+    digits = 3 if unit == "s" else 2
     ops = ("attention_with_map", "gwpr", "select_tokens", "similarity_sources", "gather_tokens", "recover_tokens")
+    host = all("host_issue_ms" in row for row in report["rows"] if "split_ms" in row) and unit == "ms"
     lines = [
-        "| variant | profiled call | SDPA | " + " | ".join(ops) + " | rest | SDPA replaced by the map |",
-        "|---" * (len(ops) + 5) + "|",
+        "| variant | profiled call | SDPA | " + " | ".join(ops) + " | rest | SDPA replaced by the map |"
+        + (" host issue / call |" if host else ""),
+        "|---" * (len(ops) + 5 + host) + "|",
     ]
     for row in report["rows"]:
         if "split_ms" not in row:
             continue
         split, overhead = row["split_ms"], row.get("pruning_overhead")
         cells = [row["profiled_call_ms"], split["sdpa"], *(split[op] for op in ops), split["rest"]]
-        replaced = f"{overhead['replaced_sdpa_ms'] / 1e3:.3f}" if overhead else ""
-        lines.append(f"| {row['variant']} | " + " | ".join(f"{ms / 1e3:.3f}" for ms in cells) + f" | {replaced} |")
+        replaced = f"{overhead['replaced_sdpa_ms'] / scale:.{digits}f}" if overhead else ""
+        issue = f" {row['host_issue_ms']:.1f} / {row['host_issue_wall_ms']:.1f} |" if host else ""
+        lines.append(f"| {row['variant']} | " + " | ".join(f"{ms / scale:.{digits}f}" for ms in cells)
+                     + f" | {replaced} |{issue}")
     return "\n".join(lines)
+
+
+def _benchmark_kernels():
+    """``benchmarks/benchmark_kernels.py`` as a module under a private name (no ``sys.path`` entry, so nothing else
+    that imports a module called ``kernels`` or ``benchmark_kernels`` can get it by accident)."""
+    path = ROOT / "benchmarks" / "benchmark_kernels.py"
+    spec = importlib.util.spec_from_file_location("_atedm_benchmark_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def gpu_parts() -> list[str]:
+    """The GPU run's tables: its steps, the end-to-end rows (eager, and compiled where committed), the split and the
+    kernels, from ``benchmarks/results/gpu/``."""
+    parts = []
+    summary_path = GPU / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        lines = [f"The GPU run (`.ci/gpu --budget {summary['budget_s']:g}`, {summary['wall_s']:.0f} s; from "
+                 "`benchmarks/results/gpu/summary.json`, logs in `logs.tar.gz` beside it):", "",
+                 "| step | status | wall s | cap s | note |", "|---|---|---|---|---|"]
+        for step in summary["steps"]:
+            lines.append(f"| {step['name']} | {step['status']} | {step['wall_s']:.0f} | {step['cap_s']:.0f} | "
+                         f"{(step['reason'] or '').split(' in: ')[0]} |")
+        parts.append("\n".join(lines))
+    for name in ("unet_e2e_1024.json", "unet_e2e_compile_1024.json"):
+        path = GPU / name
+        if path.is_file():
+            report, source = json.loads(path.read_text()), path.relative_to(ROOT).as_posix()
+            parts.append("GPU figures, measured. " + e2e_table(report, source, unit="ms"))
+            if any("split_ms" in row for row in report["rows"]):
+                parts.append(f"Where one profiled call's time goes on the GPU (ms of device time per op, from "
+                             f"`{source}`):\n\n{split_table(report, unit='ms')}")
+    kernels = GPU / "kernels.json"
+    if kernels.is_file():
+        table = _benchmark_kernels().format_table(json.loads(kernels.read_text()))
+        parts.append(f"GPU kernels, measured (from `{kernels.relative_to(ROOT).as_posix()}`; "
+                     f"`benchmarks/benchmark_kernels.py`):\n\n```\n{table}\n```")
+    return parts
 
 
 def cpu_e2e_reports() -> list[tuple[Path, dict]]:
@@ -162,21 +213,9 @@ def render() -> str:
                          "about 6.5 dense calls more per round); `atedm bench` with the `peers` extra installed does.")
     if macs:
         parts.append(peers_table(macs, cpu_reports))
-    e2e, kernels = RESULTS / "unet_e2e.json", RESULTS / "kernels.json"
-    if e2e.is_file():
-        parts.append(e2e_table(json.loads(e2e.read_text()), "benchmarks/results/unet_e2e.json"))
-    if kernels.is_file():
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from kernels import format_table
-
-        table = format_table(json.loads(kernels.read_text()))
-        parts.append(f"Kernels (from `benchmarks/results/kernels.json`):\n\n```\n{table}\n```")
-    if not (e2e.is_file() or kernels.is_file()):
-        parts.append(
-            "No GPU timings are committed yet: the GPU end-to-end and kernel tables appear here once `.ci/gpu` has "
-            "run on an H100-class GPU and its JSON is committed under `benchmarks/results/`; until then "
-            "`benchmarks/NOTES.md` models the GPU side (labelled as a model)."
-        )
+    gpu = gpu_parts()
+    parts += gpu or ["No GPU timings are committed yet: the GPU tables appear here once `.ci/gpu` has run and its "
+                     "results are committed under `benchmarks/results/gpu/`."]
     return "\n\n".join(parts)
 
 

@@ -6,7 +6,7 @@
 
 Both are timed with ``triton.testing.do_bench`` (warm-up, L2 flushed before every run, median), or with CUDA events
 around single runs after a warm-up when Triton is missing. They are what this GPU reaches with PyTorch's own kernels,
-not datasheet peaks. ``measure_ceilings(device)`` is the API ``benchmarks/kernels.py`` uses.
+not datasheet peaks. ``measure_ceilings(device)`` is the API ``benchmarks/benchmark_kernels.py`` uses.
 
     python benchmarks/roofline.py --out benchmarks/results/roofline.json
 """

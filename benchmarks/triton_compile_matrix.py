@@ -133,6 +133,22 @@ def _kernel_call(case: dict):
     return fn, args, constexprs
 
 
+def _ptxas_log(kernel, log: str) -> str:
+    """ptxas's ``-v`` report of ``kernel``: Triton's own (printed where ``knobs.nvidia.dump_ptxas_log`` exists, 3.5 and
+    later), else the bundled ptxas run again on the kernel's PTX for its ``.target`` (older Triton deletes its log)."""
+    if "Used " in log:
+        return log
+    ptx = kernel.asm["ptx"]
+    arch = re.search(r"^\.target\s+(sm_\w+)", ptx, re.MULTILINE)[1]
+    ptxas = Path(triton.backends.nvidia.__file__).parent / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "kernel.ptx"
+        source.write_text(ptx)
+        done = subprocess.run([str(ptxas), "-v", f"--gpu-name={arch}", str(source), "-o", str(Path(tmp) / "k.o")],
+                              capture_output=True, text=True)
+    return done.stdout + done.stderr
+
+
 def _ptxas_usage(log: str) -> dict:
     regs = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
@@ -158,7 +174,7 @@ def compile_one(case: dict) -> dict:
                 target=GPUTarget("cuda", case["target"], 32),
                 options={"num_warps": num_warps, "num_stages": num_stages},
             )
-        row.update(shared=kernel.metadata.shared, **_ptxas_usage(log.getvalue()), error=None)
+        row.update(shared=kernel.metadata.shared, **_ptxas_usage(_ptxas_log(kernel, log.getvalue())), error=None)
     except Exception as exc:  # recorded: check() reports it
         row.update(shared=None, registers=None, spill_stores=None, spill_loads=None,
                    error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}")

@@ -45,6 +45,7 @@ def test_unet_e2e_smoke(tmp_path, capsys):
         split = rows[name]["split_ms"]
         assert rows[name]["peak_memory_bytes"] > 0 and split["sdpa"] > 0
         assert sum(split.values()) == pytest.approx(rows[name]["profiled_call_ms"])
+        assert 0 < rows[name]["host_issue_ms"] <= rows[name]["host_issue_wall_ms"]
     for name in ("atedm-normal", "atedm-prune-less", "atedm-dagger"):
         split, overhead = rows[name]["split_ms"], rows[name]["pruning_overhead"]
         assert all(split[op] > 0 for op in e2e.KERNEL_OPS), split
@@ -75,10 +76,12 @@ def test_unet_e2e_profiles_a_warm_call(monkeypatch):
                 "output": torch.ones(1)}
 
     monkeypatch.setattr(e2e, "profiled_call", profiled_call)
+    monkeypatch.setattr(e2e, "host_issue_ms", lambda fn, device: calls.append("host issue") or (0.5, 1.0))
     args = argparse.Namespace(warmup=2, reps=3, backend="reference")
-    e2e.run_eager(None, lambda handle: [(1.0, None)], ["dense"], args, torch.device("cpu"),
-                  e2e.PeakMemory(torch.device("cpu")))
-    assert calls == ["timed", "timed", "timed", "timed", "timed", "profiled"]
+    _, _, profiles = e2e.run_eager(None, lambda handle: [(1.0, None)], ["dense"], args, torch.device("cpu"),
+                                   e2e.PeakMemory(torch.device("cpu")))
+    assert calls == ["timed", "timed", "timed", "timed", "timed", "profiled", "host issue"]
+    assert (profiles["dense"]["host_issue_ms"], profiles["dense"]["host_issue_wall_ms"]) == (0.5, 1.0)
 
 
 def test_unet_e2e_explicit_options_beat_smoke_defaults():
@@ -98,7 +101,7 @@ def test_unet_e2e_refuses_cuda_without_a_gpu_in_one_line(monkeypatch, capsys):
     assert "atedm bench: error: --device cuda: torch sees no CUDA device" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["kernels", "roofline"])
+@pytest.mark.parametrize("name", ["benchmark_kernels", "roofline"])
 def test_gpu_benchmarks_refuse_without_cuda(name, monkeypatch, capsys):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert load(name).main([]) == 2

@@ -13,8 +13,8 @@ Every row: the median time, the achieved rate and its fraction of the matching c
 fractions, against ceilings they measure separately, stay in their raw reports). A script that fails is recorded
 in ``failed`` and makes the exit status non-zero; the others still run.
 
-    python benchmarks/kernels.py --out benchmarks/results/kernels.json
-    python benchmarks/kernels.py --tiny --warmup 1 --rep 5     # a CPU check that it runs (no figures to keep)
+    python benchmarks/benchmark_kernels.py --out benchmarks/results/kernels.json
+    python benchmarks/benchmark_kernels.py --tiny --warmup 1 --rep 5     # a CPU check that it runs (no figures to keep)
 """
 
 from __future__ import annotations
@@ -102,10 +102,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rep", type=int, default=500, help="measured time per measurement, ms")
     parser.add_argument("--out", help="write the table, the ceilings and every raw report to this JSON file")
     parser.add_argument("--tiny", action="store_true",
-                        help="a check that the scripts run, not a measurement: tiny shapes on the CPU (.ci/gpu --dry-run)")
+                        help="a check that the scripts run, not a measurement: tiny shapes on the CPU")
     args = parser.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
-        print("kernels: no CUDA device; this benchmark needs a GPU.", file=sys.stderr)
+        print("benchmark_kernels: no CUDA device; this benchmark needs a GPU (--tiny: a CPU check).", file=sys.stderr)
         return 2
     if args.tiny:  # before Triton is first imported: on a CPU its kernels run in the interpreter
         os.environ["TRITON_INTERPRET"] = "1"
