@@ -373,7 +373,8 @@ MATRIX = {
 @pytest.mark.compat
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("scenario", list(MATRIX))
-def test_matrix(scenario, method):
+def test_matrix(scenario, method, record_property):
+    record_property("compat", (scenario, method))  # what the table writer reads: never parsed back from the test id
     pipe = tiny_pipe()
     run = MATRIX[scenario][0](pipe)
     config = AtEdmConfig(keep_ratio=1.0) if method == "atedm" else None  # AT-EDM with the default DSAP clock
@@ -384,6 +385,28 @@ def test_matrix(scenario, method):
     want = expected_phases(num_steps)[first:] if method == "atedm" else ["normal"] * (num_steps - first)
     assert [r.step for r in records] == list(range(first, num_steps))
     assert [r.phase for r in records] == want
+
+
+def test_table_writer_reads_each_case_from_its_recorded_property():
+    """The table from a known set of reports: scenario and method where they belong, names with '-' and '+' too."""
+    from types import SimpleNamespace
+
+    def report(scenario, method, when, passed):
+        return SimpleNamespace(user_properties=[("compat", (scenario, method))], when=when, passed=passed,
+                               failed=not passed)
+
+    outcomes = {}
+    for r in (report("dpm++2m", "atedm", "setup", True), report("dpm++2m", "atedm", "call", True),
+              report("attn-processor", "sito", "call", True), report("compile", "atedm", "call", False),
+              report("euler-a", "sito", "call", True), report("euler-a", "sito", "teardown", False)):
+        record_outcome(outcomes, r)
+    assert outcomes == {("dpm++2m", "atedm"): True, ("attn-processor", "sito"): True, ("compile", "atedm"): False,
+                        ("euler-a", "sito"): False}
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in works_with_table(outcomes).splitlines()}
+    assert rows["DPM++ 2M"] == "| DPM++ 2M | yes | not run |"
+    assert rows["`set_default_attn_processor()`"] == "| `set_default_attn_processor()` | not run | yes |"
+    assert rows["`torch.compile` of the U-Net"] == "| `torch.compile` of the U-Net | **fails** | not run |"
+    assert rows["Euler ancestral"] == "| Euler ancestral | not run | **fails** |"
 
 
 def works_with_table(outcomes: dict[tuple[str, str], bool]) -> str:
@@ -397,9 +420,17 @@ def works_with_table(outcomes: dict[tuple[str, str], bool]) -> str:
     return "\n".join(rows)
 
 
+def record_outcome(outcomes: dict[tuple[str, str], bool], report) -> None:
+    """Fold one pytest report of :func:`test_matrix` into ``{(scenario, method): passed}``: a case passes when its call
+    passed and none of its phases failed. The case comes from the property the test recorded, not from its id
+    (scenario names hold '-' and '+')."""
+    case = dict(report.user_properties).get("compat")
+    if case is not None and (report.when == "call" or report.failed):
+        outcomes[tuple(case)] = outcomes.get(tuple(case), True) and report.passed
+
+
 def main() -> None:
     """Run the matrix, print the table; ``--readme`` also writes it into README.md between its compat markers."""
-    import re
     import sys
     from pathlib import Path
 
@@ -407,9 +438,7 @@ def main() -> None:
 
     class Collect:
         def pytest_runtest_logreport(self, report):
-            match = re.search(r"test_matrix\[(\w+)-([\w+-]+)\]", report.nodeid)
-            if match and (report.when == "call" or report.failed):
-                outcomes[(match[2], match[1])] = outcomes.get((match[2], match[1]), True) and report.passed
+            record_outcome(outcomes, report)
 
     pytest.main(["-q", "-p", "no:cacheprovider", "-m", "compat", f"{__file__}::test_matrix"], plugins=[Collect()])
     table = works_with_table(outcomes)
