@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from atedm_kernels import BACKENDS, BackendUnavailableError
 from atedm_kernels.sdxl import AtEdmConfig, apply, build_sdxl_unet, build_tiny_pipeline, unet_inputs
 
 PIXELS = 128  # 16x16 latent: 64 tokens at the A2 level, 16 at the multi-layer level
@@ -162,6 +163,24 @@ def test_compiled_unet_matches_eager(unet):
         got = [run(compiled, inputs, timestep=torch.tensor(t)) for t in (999.0, 950.0)]
     for e, g in zip(eager, got):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_the_config_accepts_runs_the_unet(unet, backend):
+    """``AtEdmConfig.backend`` prefers a kernel family and each op falls back as "auto" does where the family has no
+    kernel for it ("cpu" has no select_tokens kernel): the same pruned output as the references, or, for "cuda" on
+    CPU tensors, one clear error that names the backend and why it cannot run."""
+    inputs = unet_inputs(unet, 2, 64, 64, seed=5)
+    with apply(unet, AtEdmConfig(prune_less_steps=0, backend="reference")):
+        want = run(unet, inputs)
+    with apply(unet, AtEdmConfig(prune_less_steps=0, backend=backend)) as handle:
+        if backend == "cuda":
+            with pytest.raises(BackendUnavailableError, match="backend 'cuda' is unavailable: the tensors are on 'cpu'"):
+                run(unet, inputs)
+            return
+        got = run(unet, inputs)
+        assert all(kept is not None for kept in handle.stats()[0].kept.values())  # every block pruned
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_compiled_unet_with_dynamic_shapes_matches_eager(unet):

@@ -100,7 +100,7 @@ class PruningAttnProcessor(CallWrapper):
             k, v = map(split_heads, attn.to_kv(context).chunk(2, dim=-1))  # [B, H, L, D] each
         else:
             q, k, v = map(split_heads, (attn.to_q(hidden_states), attn.to_k(source), attn.to_v(source)))
-        backend = preference_for("attention_with_map", self.block.config.backend)
+        backend = self.block.backends["attention_with_map"]
         out, amap = ops.attention_with_map(q, k, v, attn.scale, map_dtype=map_dtype_for(q.device), backend=backend)
         out = out.transpose(1, 2).reshape(batch, tokens, -1)  # [B, N, H*D]
         out = attn.to_out[1](attn.to_out[0](out))
@@ -140,6 +140,10 @@ def check_prunable(transformer: nn.Module, name: str, cross: bool) -> None:
         raise ValueError(f"{name}: AT-EDM cannot prune this attention block ({', '.join(unsupported)})")
 
 
+PRUNING_OPS = ("attention_with_map", "gwpr", "gwpr_cross", "select_tokens", "similarity_sources", "gather_tokens",
+               "recover_tokens")
+
+
 class BlockPruner:
     """AT-EDM on one ``Transformer2DModel``: installs the processor and hooks, and removes them again."""
 
@@ -153,6 +157,9 @@ class BlockPruner:
         self.stage = stage  # "down", "mid" or "up"
         self.position = position  # "F", "M" or "L" within its stage (mid: "M")
         self.config = config
+        # config.backend is a preference of kernel family, resolved per op once: an op without a kernel of that
+        # family runs as "auto" does (e.g. "cpu" has no select_tokens kernel; "cuda" has no attention kernel).
+        self.backends = {op: preference_for(op, config.backend) for op in PRUNING_OPS}
         self.active = False  # set by the DSAP schedule before each U-Net call
         self.last_tokens: tuple[int, int] | None = None  # (N, K) of the latest pruned call
         # Called as observer(block, scores [B, N], keep_idx [B, K]) after each selection (pictures, debugging).
@@ -191,25 +198,24 @@ class BlockPruner:
             )
         tokens = hidden_states.shape[1]
         keep = cfg.kept_tokens(tokens)
-        backend = preference_for("gwpr", cfg.backend)  # every pruning-path op has the same kernel family
+        backends = self.backends
         if cfg.wpr == "self":
-            scores = ops.gwpr(amap, cfg.num_iters, cfg.damping, backend=backend)  # [B, N]
+            scores = ops.gwpr(amap, cfg.num_iters, cfg.damping, backend=backends["gwpr"])  # [B, N]
         else:
-            cross_backend = preference_for("gwpr_cross", cfg.backend)
-            scores = ops.gwpr_cross(ca_map, cfg.num_iters, cfg.wpr, backend=cross_backend)  # [B, N]
-        keep_idx, prune_idx = ops.select_tokens(scores, keep, backend=backend)  # [B, K], [B, N-K]
-        src = ops.similarity_sources(amap, keep_idx, prune_idx, backend=backend)  # [B, N-K]
+            scores = ops.gwpr_cross(ca_map, cfg.num_iters, cfg.wpr, backend=backends["gwpr_cross"])  # [B, N]
+        keep_idx, prune_idx = ops.select_tokens(scores, keep, backend=backends["select_tokens"])  # [B, K], [B, N-K]
+        src = ops.similarity_sources(amap, keep_idx, prune_idx, backend=backends["similarity_sources"])  # [B, N-K]
         self._restore = (keep_idx, prune_idx, src)
         self.last_tokens = (tokens, keep)
         if self.observer is not None:
             self.observer(self, scores, keep_idx)
-        return ops.gather_tokens(hidden_states, keep_idx, backend=backend)  # [B, K, C]
+        return ops.gather_tokens(hidden_states, keep_idx, backend=backends["gather_tokens"])  # [B, K, C]
 
     def _recover(self, module, args, hidden_states: torch.Tensor) -> torch.Tensor | None:
         if not self.active:
             return None
         (keep_idx, prune_idx, src), self._restore = self._restore, None
-        backend = preference_for("recover_tokens", self.config.backend)
+        backend = self.backends["recover_tokens"]
         return ops.recover_tokens(hidden_states, keep_idx, prune_idx, src, backend=backend)  # [B, N, C]
 
     def clear(self) -> None:
