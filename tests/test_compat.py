@@ -338,6 +338,46 @@ def _pag(pipe):
     return lambda p: generate(other, pag_scale=3.0)
 
 
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def _lora_config():
+    peft = pytest.importorskip("peft", reason="LoRA rows need peft (the test extra installs it)")
+    # init_lora_weights=False: random A and B, so the adapter changes the output (the default starts B at zero)
+    return peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=LORA_TARGETS)
+
+
+def _lora_scaled(pipe):
+    without = generate(pipe)
+    torch.manual_seed(0)
+    pipe.unet.add_adapter(_lora_config(), adapter_name="style")
+    pipe.set_adapters(["style"], adapter_weights=[0.5])
+    assert (generate(pipe) - without).abs().max() > 0.1  # the adapter is live: the rows test LoRA, not its absence
+    return generate
+
+
+def _lora_fused(pipe):
+    _lora_scaled(pipe)
+    pipe.fuse_lora(adapter_names=["style"], lora_scale=0.8)
+    return generate
+
+
+def _lora_loaded(pipe):
+    """``load_lora_weights`` from a state dict made here: a donor U-Net's random adapter in diffusers' format."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    config = _lora_config()
+    donor = build_tiny_pipeline(seed=0).unet
+    torch.manual_seed(1)
+    donor.add_adapter(config)
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(donor))
+    without = generate(pipe)
+    pipe.load_lora_weights({f"unet.{key}": value for key, value in state.items()}, adapter_name="loaded")
+    assert (generate(pipe) - without).abs().max() > 0.1  # the loaded adapter is live
+    return generate
+
+
 def _compiled(pipe):
     torch._dynamo.reset()
     pipe.unet = torch.compile(pipe.unet, backend="aot_eager")
@@ -366,6 +406,9 @@ MATRIX = {
     "lcm": (_scheduler("LCMScheduler"), "LCM"),
     "heun": (_scheduler("HeunDiscreteScheduler"), "Heun (second order)"),
     "kdpm2": (_scheduler("KDPM2DiscreteScheduler"), "KDPM2 (second order)"),
+    "lora": (_lora_scaled, "LoRA through PEFT (`add_adapter`, `set_adapters` at scale 0.5)"),
+    "lora-fused": (_lora_fused, "LoRA fused (`fuse_lora(lora_scale=0.8)`)"),
+    "lora-loaded": (_lora_loaded, "LoRA from a state dict (`load_lora_weights`)"),
     "compile": (_compiled, "`torch.compile` of the U-Net"),
 }
 
