@@ -281,11 +281,11 @@ def test_img2img_starts_part_way_and_back_to_back_runs_restart(pipe):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _scheduler(name):
+def _scheduler(name, **overrides):
     def run(pipe):
         import diffusers
 
-        pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
+        pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **overrides)
         return lambda p: generate(p, steps=4)
     return run
 
@@ -406,6 +406,10 @@ MATRIX = {
     "lcm": (_scheduler("LCMScheduler"), "LCM"),
     "heun": (_scheduler("HeunDiscreteScheduler"), "Heun (second order)"),
     "kdpm2": (_scheduler("KDPM2DiscreteScheduler"), "KDPM2 (second order)"),
+    "trailing": (_scheduler("EulerDiscreteScheduler", timestep_spacing="trailing"),
+                 'Euler with `timestep_spacing="trailing"` (SDXL-Lightning, Turbo)'),
+    "edm-euler": (_scheduler("EDMEulerScheduler"), "EDM Euler (`EDMEulerScheduler`)"),
+    "edm-dpm++2m": (_scheduler("EDMDPMSolverMultistepScheduler"), "EDM DPM++ 2M (`EDMDPMSolverMultistepScheduler`)"),
     "lora": (_lora_scaled, "LoRA through PEFT (`add_adapter`, `set_adapters` at scale 0.5)"),
     "lora-fused": (_lora_fused, "LoRA fused (`fuse_lora(lora_scale=0.8)`)"),
     "lora-loaded": (_lora_loaded, "LoRA from a state dict (`load_lora_weights`)"),
