@@ -22,6 +22,9 @@ def _inputs():
         "similarity_sources": ((amap, keep_idx, prune_idx, "reference"), {}),
         "gather_tokens": ((x, keep_idx, "reference"), {}),
         "recover_tokens": ((x[:, :8].contiguous(), keep_idx, prune_idx, src, "reference"), {}),
+        # SiTo's split of a 3 x 7 grid into 2 x 2 patches, with noise (declared in atedm_kernels/sito/ops.py)
+        "sito_select": ((torch.randn(2, 21, 6, generator=gen), 3, 7, 2, 2, 0.5, torch.rand(2, 21, generator=gen), 0.1,
+                         "reference"), {}),
     }
 
 
@@ -42,7 +45,7 @@ def test_opcheck(name):
 # The GPU kernel family of each op (ops without one run their reference on CUDA tensors).
 GPU_BACKEND = {"attention_with_map": "triton", "attention": "triton", "gwpr": "cuda", "select_tokens": "cuda",
                "similarity_sources": "cuda", "gather_tokens": "cuda", "recover_tokens": "cuda",
-               "gwpr_cross": "reference"}
+               "gwpr_cross": "reference", "sito_select": "reference"}
 
 
 @pytest.mark.gpu
