@@ -378,6 +378,39 @@ def _lora_loaded(pipe):
     return generate
 
 
+def _ip_adapter(pipe):
+    """IP-Adapter with a tiny random CLIP image encoder and random adapter weights (image projection to 4 tokens,
+    ``to_k_ip`` / ``to_v_ip`` on every cross-attention), loaded with ``load_ip_adapter`` from a state dict."""
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    embed_dim, tokens, cross_dim = 16, 4, pipe.unet.config.cross_attention_dim
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+        projection_dim=embed_dim)).eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pipe.register_modules(image_encoder=encoder, feature_extractor=processor)
+    gen = torch.Generator().manual_seed(3)
+    image_proj = {"proj.weight": 0.1 * torch.randn(cross_dim * tokens, embed_dim, generator=gen),
+                  "proj.bias": torch.zeros(cross_dim * tokens), "norm.weight": torch.ones(cross_dim),
+                  "norm.bias": torch.zeros(cross_dim)}
+    adapter = {}
+    for index, name in enumerate(pipe.unet.attn_processors):  # keyed by processor index, as diffusers saves them
+        if name.endswith("attn2.processor"):
+            width = pipe.unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
+            adapter[f"{index}.to_k_ip.weight"] = 0.1 * torch.randn(width, cross_dim, generator=gen)
+            adapter[f"{index}.to_v_ip.weight"] = 0.1 * torch.randn(width, cross_dim, generator=gen)
+    pipe.load_ip_adapter({"image_proj": image_proj, "ip_adapter": adapter}, subfolder=None, weight_name=None,
+                         image_encoder_folder=None)
+    pipe.set_ip_adapter_scale(0.7)
+    images = [Image.fromarray((np.random.default_rng(seed).random((32, 32, 3)) * 255).astype("uint8"))
+              for seed in (0, 1)]
+    assert (generate(pipe, ip_adapter_image=images[0]) - generate(pipe, ip_adapter_image=images[1])).abs().max() > 0.05
+    return lambda p: generate(p, ip_adapter_image=images[0])
+
+
 def _compiled(pipe):
     torch._dynamo.reset()
     pipe.unet = torch.compile(pipe.unet, backend="aot_eager")
@@ -413,6 +446,7 @@ MATRIX = {
     "lora": (_lora_scaled, "LoRA through PEFT (`add_adapter`, `set_adapters` at scale 0.5)"),
     "lora-fused": (_lora_fused, "LoRA fused (`fuse_lora(lora_scale=0.8)`)"),
     "lora-loaded": (_lora_loaded, "LoRA from a state dict (`load_lora_weights`)"),
+    "ip-adapter": (_ip_adapter, "IP-Adapter (`load_ip_adapter`, an image prompt)"),
     "compile": (_compiled, "`torch.compile` of the U-Net"),
 }
 
