@@ -17,11 +17,6 @@ from atedm_kernels.sdxl.models import _tiny_tokenizer_files  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    if "compat" not in (config.getoption("-m") or ""):  # the full compatibility matrix runs only when asked for
-        skip_compat = pytest.mark.skip(reason="full compatibility matrix: python -m pytest -m compat")
-        for item in items:
-            if "compat" in item.keywords:
-                item.add_marker(skip_compat)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
