@@ -222,7 +222,9 @@ def profiled_call(fn, device: torch.device) -> dict:
             if event.key == "atedm::attention_with_map":
                 map_calls[shapes] = map_calls.get(shapes, 0) + event.count
     split["rest"] = wall_ms - sum(split.values())
+    host_ms = {event.key: event.self_cpu_time_total / 1e3 for event in prof.key_averages()}
     return {"profiled_call_ms": wall_ms, "split_ms": split, "sdpa_calls": sdpa_calls, "map_calls": map_calls,
+            "host_ms_by_op": host_ms,
             "output": outputs[0]}
 
 
@@ -273,8 +275,13 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+TOP_HOST_OPS = 15  # the ops with the most host (self CPU) time in a profiled call, kept per variant in the JSON
+
+
 def weighted_profile(parts: list[tuple[float, dict]]) -> dict:
-    """The weighted sum of ``profiled_call`` results (a peer run's mean step): times, op times and call counts."""
+    """The weighted sum of ``profiled_call`` results (a peer run's mean step): times, op times, call counts, and
+    the ops with the most host time (self CPU time under the profiler, which inflates it: compare variants, not
+    absolute figures)."""
     split = dict.fromkeys(parts[0][1]["split_ms"], 0.0)
     sdpa_calls, map_calls = {}, {}
     for weight, profiled in parts:
@@ -285,8 +292,13 @@ def weighted_profile(parts: list[tuple[float, dict]]) -> dict:
             sdpa_calls[shapes] = (old_count + weight * count, old_ms + weight * ms)
         for shapes, count in profiled["map_calls"].items():
             map_calls[shapes] = map_calls.get(shapes, 0.0) + weight * count
+    host_ms: dict[str, float] = {}
+    for weight, profiled in parts:
+        for key, ms in profiled["host_ms_by_op"].items():
+            host_ms[key] = host_ms.get(key, 0.0) + weight * ms
+    top = sorted(host_ms.items(), key=lambda item: -item[1])[:TOP_HOST_OPS]
     return {"profiled_call_ms": sum(w * p["profiled_call_ms"] for w, p in parts), "split_ms": split,
-            "sdpa_calls": sdpa_calls, "map_calls": map_calls}
+            "sdpa_calls": sdpa_calls, "map_calls": map_calls, "top_host_ms": dict(top)}
 
 
 def check_finite(name: str, output: torch.Tensor) -> None:
@@ -420,7 +432,7 @@ def run(args: argparse.Namespace) -> dict:
         row = {"variant": name, "compiled": False, "macs": macs[name], "median_ms": statistics.median(times[name]),
                "peak_memory_bytes": peaks[name], "times_ms": times[name],
                "profiled_call_ms": profiles[name]["profiled_call_ms"], "split_ms": profiles[name]["split_ms"],
-               "host_issue_ms": profiles[name]["host_issue_ms"],
+               "host_issue_ms": profiles[name]["host_issue_ms"], "top_host_ms": profiles[name]["top_host_ms"],
                "host_issue_wall_ms": profiles[name]["host_issue_wall_ms"]}
         if "dense" in profiles and name != "dense":
             row["pruning_overhead"] = pruning_overhead(profiles[name], profiles["dense"])

@@ -46,6 +46,8 @@ def test_unet_e2e_smoke(tmp_path, capsys):
         assert rows[name]["peak_memory_bytes"] > 0 and split["sdpa"] > 0
         assert sum(split.values()) == pytest.approx(rows[name]["profiled_call_ms"])
         assert 0 < rows[name]["host_issue_ms"] <= rows[name]["host_issue_wall_ms"]
+        top = rows[name]["top_host_ms"]  # the ops with the most host time, for the GPU run's question
+        assert 0 < len(top) <= e2e.TOP_HOST_OPS and all(ms >= 0 for ms in top.values())
     for name in ("atedm-normal", "atedm-prune-less", "atedm-dagger"):
         split, overhead = rows[name]["split_ms"], rows[name]["pruning_overhead"]
         assert all(split[op] > 0 for op in e2e.KERNEL_OPS), split
@@ -73,7 +75,7 @@ def test_unet_e2e_profiles_a_warm_call(monkeypatch):
     def profiled_call(fn, device):
         calls.append("profiled")
         return {"profiled_call_ms": 1.0, "split_ms": {"rest": 1.0}, "sdpa_calls": {}, "map_calls": {},
-                "output": torch.ones(1)}
+                "host_ms_by_op": {"aten::mm": 0.25}, "output": torch.ones(1)}
 
     monkeypatch.setattr(e2e, "profiled_call", profiled_call)
     monkeypatch.setattr(e2e, "host_issue_ms", lambda fn, device: calls.append("host issue") or (0.5, 1.0))
