@@ -201,8 +201,8 @@ def host_issue_ms(fn, device: torch.device) -> tuple[float, float]:
 
 def profiled_call(fn, device: torch.device) -> dict:
     """One call of ``fn`` under ``torch.profiler``: its wall time, the time in each pruning-path op and in SDPA
-    (device time on CUDA, CPU time elsewhere), the SDPA / attention_with_map call counts per (q, k) shape, and
-    the call's output."""
+    (device time on CUDA, CPU time elsewhere), the SDPA / attention_with_map call counts per (q, k) shape, the host
+    (self CPU) time of every op, and the call's output."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     outputs = []
     with profile(activities=activities, record_shapes=True) as prof:
@@ -283,19 +283,17 @@ def weighted_profile(parts: list[tuple[float, dict]]) -> dict:
     the ops with the most host time (self CPU time under the profiler, which inflates it: compare variants, not
     absolute figures)."""
     split = dict.fromkeys(parts[0][1]["split_ms"], 0.0)
-    sdpa_calls, map_calls = {}, {}
+    sdpa_calls, map_calls, host_ms = {}, {}, {}
     for weight, profiled in parts:
         for key, ms in profiled["split_ms"].items():
             split[key] += weight * ms
+        for key, ms in profiled["host_ms_by_op"].items():
+            host_ms[key] = host_ms.get(key, 0.0) + weight * ms
         for shapes, (count, ms) in profiled["sdpa_calls"].items():
             old_count, old_ms = sdpa_calls.get(shapes, (0.0, 0.0))
             sdpa_calls[shapes] = (old_count + weight * count, old_ms + weight * ms)
         for shapes, count in profiled["map_calls"].items():
             map_calls[shapes] = map_calls.get(shapes, 0.0) + weight * count
-    host_ms: dict[str, float] = {}
-    for weight, profiled in parts:
-        for key, ms in profiled["host_ms_by_op"].items():
-            host_ms[key] = host_ms.get(key, 0.0) + weight * ms
     top = sorted(host_ms.items(), key=lambda item: -item[1])[:TOP_HOST_OPS]
     return {"profiled_call_ms": sum(w * p["profiled_call_ms"] for w, p in parts), "split_ms": split,
             "sdpa_calls": sdpa_calls, "map_calls": map_calls, "top_host_ms": dict(top)}

@@ -113,10 +113,7 @@ def main(argv=None) -> int:
     import triton
     from roofline import measure_ceilings
 
-    if args.tiny:
-        ceilings = measure_ceilings("cpu", copy_bytes=1 << 20, matmul_n=256, warmup_ms=args.warmup, rep_ms=args.rep)
-    else:
-        ceilings = measure_ceilings("cuda", warmup_ms=args.warmup, rep_ms=args.rep)
+    ceilings = measure_ceilings("cpu" if args.tiny else "cuda", warmup_ms=args.warmup, rep_ms=args.rep)
     report = {"device": ceilings["device"], "torch": torch.__version__, "triton": triton.__version__,
               "cuda": torch.version.cuda, "python": platform.python_version(), "ceilings": ceilings, "rows": [],
               "raw": {}, "failed": {}}

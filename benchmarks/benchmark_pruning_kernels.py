@@ -163,9 +163,8 @@ def main(argv=None) -> None:
     def time(fn):
         return median_ms(fn, args.warmup, args.rep, device)
 
-    copy_bytes = int(args.copy_gib * (1 << 30)) if device == "cuda" else 1 << 20
-    ceilings = measure_ceilings(device, copy_bytes=copy_bytes, matmul_n=8192 if device == "cuda" else 256,
-                                warmup_ms=args.warmup, rep_ms=args.rep)
+    copy_bytes = int(args.copy_gib * (1 << 30)) if device == "cuda" else None  # --copy-gib sizes a GPU's copy only
+    ceilings = measure_ceilings(device, copy_bytes=copy_bytes, warmup_ms=args.warmup, rep_ms=args.rep)
     ceiling, method = ceilings["copy"], ceilings["timer"]
     print(f"{ceilings['device']}: device copy {ceiling['gb_per_s']:.0f} GB/s (timer: {method})")
     levels = [bench_level(level, args, time, ceiling["gb_per_s"], device)

@@ -76,17 +76,23 @@ def _cpu_median_ms(fn, warmup_ms: float, rep_ms: float) -> tuple[float, list[flo
     return statistics.median(times), times, "time.perf_counter (CPU)"
 
 
-def measure_ceilings(
-    device: str | torch.device = "cuda", copy_bytes: int = 1 << 30, matmul_n: int = 8192, warmup_ms: float = 100,
-    rep_ms: float = 500,
-) -> dict:
-    """Measured copy bandwidth (GB/s) and bf16 matmul rate (TFLOP/s) of ``device``, with their raw timings.
+# Default (copy bytes, matmul n) per device type: a GPU's ceilings; on a CPU, ``.ci/gpu --dry-run``'s small stand-in
+# (a check that the benchmarks run, not a ceiling anyone should quote).
+CEILING_SIZES = {"cuda": (1 << 30, 8192), "cpu": (1 << 20, 256)}
 
-    A CPU ``device`` is accepted for ``.ci/gpu --dry-run`` (small sizes there; not a ceiling anyone should quote).
-    """
+
+def measure_ceilings(
+    device: str | torch.device = "cuda", copy_bytes: int | None = None, matmul_n: int | None = None,
+    warmup_ms: float = 100, rep_ms: float = 500,
+) -> dict:
+    """Measured copy bandwidth (GB/s) and bf16 matmul rate (TFLOP/s) of ``device``, with their raw timings; sizes
+    left as None come from ``CEILING_SIZES``."""
     device = torch.device(device)
-    if device.type not in ("cuda", "cpu"):
+    if device.type not in CEILING_SIZES:
         raise ValueError(f"device must be a CUDA device (or the CPU for a dry run), got {device}")
+    default_copy, default_n = CEILING_SIZES[device.type]
+    copy_bytes = default_copy if copy_bytes is None else copy_bytes
+    matmul_n = default_n if matmul_n is None else matmul_n
     gen = torch.Generator(device=device).manual_seed(0)
     src = torch.randn(copy_bytes // 2, device=device, dtype=torch.float16, generator=gen)  # never all zeros
     dst = torch.empty_like(src)

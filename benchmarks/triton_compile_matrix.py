@@ -133,6 +133,11 @@ def _kernel_call(case: dict):
     return fn, args, constexprs
 
 
+def _bundled_ptxas() -> Path:
+    """The ptxas Triton ships and compiles with."""
+    return Path(triton.backends.nvidia.__file__).parent / "bin" / "ptxas"
+
+
 def _ptxas_log(kernel, log: str) -> str:
     """ptxas's ``-v`` report of ``kernel``: Triton's own (printed where ``knobs.nvidia.dump_ptxas_log`` exists, 3.5 and
     later), else the bundled ptxas run again on the kernel's PTX for its ``.target`` (older Triton deletes its log)."""
@@ -140,7 +145,7 @@ def _ptxas_log(kernel, log: str) -> str:
         return log
     ptx = kernel.asm["ptx"]
     arch = re.search(r"^\.target\s+(sm_\w+)", ptx, re.MULTILINE)[1]
-    ptxas = Path(triton.backends.nvidia.__file__).parent / "bin" / "ptxas"
+    ptxas = _bundled_ptxas()
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "kernel.ptx"
         source.write_text(ptx)
@@ -262,8 +267,8 @@ def check(table: dict) -> list[str]:
 
 
 def _ptxas_version() -> str:
-    ptxas = Path(triton.backends.nvidia.__file__).parent / "bin" / "ptxas"
-    out = subprocess.run([str(ptxas), "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+    done = subprocess.run([str(_bundled_ptxas()), "--version"], capture_output=True, text=True)
+    out = done.stdout.strip().splitlines()
     return out[-1] if out else "unknown"
 
 

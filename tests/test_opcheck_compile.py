@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import atedm_kernels as ak
+from atedm_kernels.backends import OP_KERNELS
 
 
 def _inputs():
@@ -42,10 +43,9 @@ def test_opcheck(name):
     torch.library.opcheck(getattr(torch.ops.atedm, name).default, args, kwargs)
 
 
-# The GPU kernel family of each op (ops without one run their reference on CUDA tensors).
-GPU_BACKEND = {"attention_with_map": "triton", "attention": "triton", "gwpr": "cuda", "select_tokens": "cuda",
-               "similarity_sources": "cuda", "gather_tokens": "cuda", "recover_tokens": "cuda",
-               "gwpr_cross": "reference", "sito_select": "reference"}
+def _gpu_backend(name: str) -> str:
+    """The op's GPU kernel family from the backends' table; ops without one run their reference on CUDA tensors."""
+    return next((kernel for kernel in OP_KERNELS[name] if kernel in ("triton", "cuda")), "reference")
 
 
 @pytest.mark.gpu
@@ -54,7 +54,7 @@ def test_opcheck_on_cuda(name):
     """opcheck with CUDA tensors through each op's GPU kernel: the fake, the schema and the dispatcher agree with
     what the Triton kernel and the CUDA extension return."""
     args, kwargs = _inputs()[name]
-    args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args[:-1]) + (GPU_BACKEND[name],)
+    args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args[:-1]) + (_gpu_backend(name),)
     torch.library.opcheck(getattr(torch.ops.atedm, name).default, args, kwargs)
 
 

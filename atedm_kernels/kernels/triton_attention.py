@@ -206,7 +206,7 @@ def _attn_fwd_kernel(
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32); ignored by 16-bit dots
     UPCAST_BF16: tl.constexpr,  # interpreter + bf16 only: see _dot
     ROW_ALIGN: tl.constexpr,  # a power of two dividing every stride but the head dim's: see row_align_of_strides
-    STATIC_M: tl.constexpr,  # interpreter only: M as a Python int for the key loop (see loop_bounds); else 0
+    STATIC_M: tl.constexpr,  # interpreter only: M as a Python int for the key loop (see loop_bound); else 0
     BLOCK_M: tl.constexpr,  # query rows per program: each K/V tile load is reused by this many rows
     BLOCK_N: tl.constexpr,  # keys per inner-loop step: width of the [BLOCK_M, BLOCK_N] logits tile
 ):
@@ -276,7 +276,7 @@ def _attn_map_kernel(
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32); ignored by 16-bit dots
     UPCAST_BF16: tl.constexpr,  # interpreter + bf16 only: see _dot
     ROW_ALIGN: tl.constexpr,  # divides every stride of q and k but the head dim's: see row_align_of_strides
-    STATIC_H: tl.constexpr,  # interpreter only: H as a Python int for the head loop (see loop_bounds); else 0
+    STATIC_H: tl.constexpr,  # interpreter only: H as a Python int for the head loop (see loop_bound); else 0
     BLOCK_M: tl.constexpr,  # query rows of the map tile this program owns
     BLOCK_N: tl.constexpr,  # key columns of the map tile this program owns
 ):
