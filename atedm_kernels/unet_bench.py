@@ -79,6 +79,7 @@ TIMED = ("dense", "atedm-normal", "atedm-prune-less", "atedm-dagger", "sito", "t
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 KERNEL_OPS = ("attention_with_map", "gwpr", "select_tokens", "similarity_sources", "gather_tokens", "recover_tokens")
 SDPA = "aten::scaled_dot_product_attention"
+GRAPHABLE = ("dense", "atedm-normal", "atedm-prune-less", "atedm-dagger", "sito")  # --cuda-graph rows
 PHASE = {"atedm-normal": "normal", "atedm-prune-less": "prune_less", "atedm-dagger": "normal", "sito": "normal"}
 
 
@@ -370,6 +371,50 @@ def run_compiled(unet, step_of, names, args, device, memory) -> tuple[dict, dict
     return times, peaks
 
 
+def run_graphed(unet, sample, timestep, inputs, names, args, device, memory) -> tuple[dict, dict, dict]:
+    """CUDA-graph timing: each variant's call captured once (in its pinned phase: the pruning hooks run at capture,
+    so the graph holds that phase's kernels) and replayed. The host's Python, dispatch and launches leave the timed
+    path, so a row is what the GPU needs for the call. The timestep is passed as an entry of a one-element schedule
+    on the device, which AT-EDM's clock reads without a device sync (a sync cannot be captured). Returns times and
+    peaks per captured variant, and why each variant that could not be captured failed."""
+    times, peaks = {}, {}
+    schedule = timestep.reshape(1).clone()  # [1]: timestep as a schedule entry, a view
+
+    def step():
+        with torch.no_grad():
+            return unet(sample, schedule[0], **inputs).sample  # [B, 4, h/8, w/8]
+
+    errors = {}
+    for name in names:
+        try:
+            times[name], peaks[name] = _graphed(unet, step, name, args, device, memory)
+        except RuntimeError as error:  # recorded, so one variant that cannot be captured costs only its row
+            errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            log(f"  cuda-graph {name}: not captured: {errors[name]}")
+    return times, peaks, errors
+
+
+def _graphed(unet, step, name: str, args, device, memory) -> tuple[list[float], int | None]:
+    """One variant: warm-up off the default stream (as capture wants), capture, timed replays."""
+    with variant(unet, name, args.backend) as handle:
+        memory.reset()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(max(3, args.warmup)):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = step()
+        graph.replay()
+        check_finite(name, output)
+        times = [timed_call(graph.replay, device) for _ in range(args.reps)]
+        peak = memory.read()
+        check_phase(name, handle)
+    return times, peak
+
+
 def check_phase(name: str, handle) -> None:
     """A pinned variant ran in its phase; AT-EDM on DeepCache pruned in exactly the calls DeepCache ran in full."""
     if isinstance(handle, peers.PeerRun):
@@ -447,9 +492,23 @@ def run(args: argparse.Namespace) -> dict:
         rows += [{"variant": name, "compiled": True, "macs": macs[name], "median_ms": statistics.median(times[name]),
                   "peak_memory_bytes": peaks[name], "times_ms": times[name]} for name in compiled]
         add_dsap_average(rows, compiled=True)
+    if args.cuda_graph:
+        graphed = [name for name in args.variants if name in GRAPHABLE]
+        log(f"  --cuda-graph: {', '.join(graphed)} (the peers and tomesd keep Python state or host draws per call)")
+        times, peaks, errors = run_graphed(unet, sample, timestep, inputs, graphed, args, device, memory)
+        for name, error in errors.items():
+            rows.append({"variant": name, "compiled": "cuda-graph", "macs": macs[name], "median_ms": None,
+                         "peak_memory_bytes": None, "times_ms": None, "error": error})
+        for name in times:
+            rows.append({"variant": name, "compiled": "cuda-graph", "macs": macs[name],
+                         "median_ms": statistics.median(times[name]), "peak_memory_bytes": peaks[name],
+                         "times_ms": times[name]})
+            log(f"  cuda-graph {name:<17} {rows[-1]['median_ms']:8.2f} ms")
+        add_dsap_average(rows, compiled="cuda-graph")
     for row in rows:
         dense = next((r for r in rows if r["variant"] == "dense" and r["compiled"] == row["compiled"]), None)
-        row["speedup_vs_dense"] = dense["median_ms"] / row["median_ms"] if dense else None
+        timed = dense and dense["median_ms"] and row["median_ms"]  # an uncaptured CUDA-graph row has no time
+        row["speedup_vs_dense"] = dense["median_ms"] / row["median_ms"] if timed else None
     return {
         "benchmark": "unet_e2e",
         "device": device_name(device),
@@ -469,7 +528,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def add_dsap_average(rows: list[dict], compiled: bool) -> None:
     """The 50-step DSAP mean step (time and MACs) from the two phase rows of this mode, when both were timed."""
-    phase = {r["variant"]: r for r in rows if r["compiled"] == compiled}
+    phase = {r["variant"]: r for r in rows if r["compiled"] == compiled and r["median_ms"] is not None}
     if "atedm-normal" not in phase or "atedm-prune-less" not in phase:
         return
     normal, prune_less = phase["atedm-normal"], phase["atedm-prune-less"]
@@ -495,15 +554,16 @@ def format_table(report: dict) -> str:
         f"{settings['dtype']}; median of {settings['reps']} interleaved calls after {settings['warmup']} warm-up",
     ]
     lines += [f"left out: {reason}" for reason in report.get("left_out", {}).values()]
-    header = f"{'variant':<18}{'mode':<10}{'GMACs':>10}{'median ms':>12}{'x dense':>9}{'peak GiB':>10}{'pruning path':>14}"
+    header = f"{'variant':<18}{'mode':<11}{'GMACs':>10}{'median ms':>12}{'x dense':>9}{'peak GiB':>10}{'pruning path':>14}"
     lines += [header, "-" * len(header)]
     for row in report["rows"]:
         speedup = f"{row['speedup_vs_dense']:.2f}" if row["speedup_vs_dense"] is not None else "n/a"
         memory = f"{row['peak_memory_bytes'] / 2**30:.2f}" if row["peak_memory_bytes"] else "n/a"
         overhead = row.get("pruning_overhead")
         extra = f"{overhead['fraction_of_call']:.1%}" if overhead else ""
-        mode = "compiled" if row["compiled"] else "eager"
-        lines.append(f"{row['variant']:<18}{mode:<10}{row['macs'] / 1e9:>10.1f}{row['median_ms']:>12.1f}{speedup:>9}"
+        mode = {False: "eager", True: "compiled", "cuda-graph": "cuda-graph"}[row["compiled"]]
+        median = f"{row['median_ms']:.1f}" if row["median_ms"] is not None else "n/a"
+        lines.append(f"{row['variant']:<18}{mode:<11}{row['macs'] / 1e9:>10.1f}{median:>12}{speedup:>9}"
                      f"{memory:>10}{extra:>14}")
     lines.append("pruning path: extra cost of AT-EDM's ops over the dense SDPA they replace, share of a profiled call")
     lines += [f"{row['variant']}: mean step of its run, {row['setting']}" for row in report["rows"] if "setting" in row]
@@ -523,6 +583,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="untimed calls per variant (default 10 on CUDA, 1 on a CPU)")
     parser.add_argument("--reps", type=int, help="timed rounds (default 50 on CUDA, 3 on a CPU)")
     parser.add_argument("--compile", action="store_true", help="also time every variant under torch.compile")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="also time dense and the pruning variants as replayed CUDA graphs (CUDA only): the "
+                        "call without its host cost")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="AT-EDM's op backend (AtEdmConfig.backend)")
     parser.add_argument("--variants", nargs="+", choices=TIMED,
                         help="default: all; a peer whose package is missing is then left out with its reason")
@@ -555,6 +618,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--height and --width must be positive multiples of 8, got {args.height}x{args.width}")
     if on_cuda and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device (use --device cpu, or --smoke)")
+    if args.cuda_graph and not on_cuda:
+        parser.error("--cuda-graph needs --device cuda (CUDA graphs exist on CUDA only)")
     return args
 
 

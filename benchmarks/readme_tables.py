@@ -116,7 +116,7 @@ def e2e_table(report: dict, source: str, unit: str = "s") -> str:
     dense_macs = {row["compiled"]: row["macs"] for row in report["rows"] if row["variant"] == "dense"}
     for row in report["rows"]:
         peak = f"{row['peak_memory_bytes'] / 2**30:.2f}" if row.get("peak_memory_bytes") else "n/a"
-        mode = "compiled" if row["compiled"] else "eager"
+        mode = {False: "eager", True: "compiled", "cuda-graph": "CUDA graph"}[row["compiled"]]
         overhead = row.get("pruning_overhead")
         extra = f"{overhead['extra_ms'] / scale:.2f} {unit} ({overhead['fraction_of_call']:.1%})" if overhead else ""
         ratio = dense_macs[row["compiled"]] / row["macs"]
@@ -178,7 +178,10 @@ def gpu_parts() -> list[str]:
     for path, label in ((GPU / "unet_e2e_1024.json", "GPU figures, measured. "),
                         (GPU / "unet_e2e_compile_1024.json", "GPU figures, measured. "),
                         (GPU / "run1" / "unet_e2e_compile_1024.json",
-                         "GPU figures, measured in the first run (the latest run's compiled step ran past its cap). ")):
+                         "GPU figures, measured in the first run (the latest run's compiled step ran past its cap). "),
+                        (GPU / "graph" / "unet_e2e_graph_1024.json",
+                         "GPU figures, measured in a third call (`.ci/gpu --only environment wheels build e2e-graph`: "
+                         "eager rows, then the same variants captured as CUDA graphs and replayed). ")):
         if path.is_file() and not (path.parent.name == "run1" and (GPU / path.name).is_file()):
             report, source = json.loads(path.read_text()), path.relative_to(ROOT).as_posix()
             parts.append(label + e2e_table(report, source, unit="ms"))
