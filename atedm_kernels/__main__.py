@@ -1,5 +1,5 @@
-"""``python -m atedm_kernels``: the command line (see :mod:`atedm_kernels.cli`)."""
+"""``python -m atedm_kernels``: the command line (see :mod:`atedm_kernels.tools.cli`)."""
 
-from .cli import main
+from .tools.cli import main
 
 raise SystemExit(main())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -71,15 +73,34 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
     return value
 
 
-def check_float(name: str, value: object, low: float, high: float, *, open_low: bool = False) -> float:
-    """``value`` must be a real number within ``[low, high]`` (``(low, high]`` with ``open_low``); symbolic numbers
+def check_float(name: str, value: object, low: float, high: float, *, open_low: bool = False,
+                open_high: bool = False) -> float:
+    """``value`` must be a real number within ``[low, high]`` (``(low`` with ``open_low``, ``high)`` with
+    ``open_high``; ``high=math.inf`` for no upper bound, which still refuses infinity and NaN); symbolic numbers
     (``torch.SymInt``, ``torch.SymFloat``) count, as in ``check_int``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.SymInt, torch.SymFloat)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     if isinstance(value, (int, float)):
         value = float(value)
     below = value <= low if open_low else value < low
-    if below or value > high or value != value:
-        bracket = "(" if open_low else "["
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
+    above = value >= high if open_high or high == math.inf else value > high
+    if below or above or value != value:
+        left, right = "(" if open_low else "[", ")" if open_high or high == math.inf else "]"
+        raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` must be a bool (not an int standing in for one)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` must be one of the strings ``choices``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {tuple(choices)}, got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value

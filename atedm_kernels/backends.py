@@ -39,18 +39,36 @@ import torch
 BACKENDS = ("auto", "reference", "triton", "cuda", "cpu")
 ENV_VAR = "ATEDM_BACKEND"
 
-# The kernel backends each op has, besides "reference".
-OP_KERNELS: dict[str, tuple[str, ...]] = {
-    "attention_with_map": ("triton", "cpu"),
-    "attention": ("triton",),
-    "gwpr": ("cuda", "cpu"),
-    "select_tokens": ("cuda",),
-    "similarity_sources": ("cuda", "cpu"),
-    "gather_tokens": ("cuda",),
-    "recover_tokens": ("cuda",),
-    "gwpr_cross": (),
-    "sito_select": (),
+# The one table of kernels: for every op, each kernel family that has a kernel for it and the function that runs it
+# ("module:function" in atedm_kernels.kernels, imported on first use), called with the op's arguments after its
+# checks, as the op's reference is. Dispatch (``kernel``), ``OP_KERNELS``, the public functions' "Backends:" lines
+# and the README's op table all come from here.
+KERNELS: dict[str, dict[str, str]] = {
+    "attention_with_map": {"triton": "triton_attention:attention_with_map_triton",
+                           "cpu": "cpu_attention:attention_with_map_cpu"},
+    "attention": {"triton": "triton_attention:attention_triton"},
+    "gwpr": {"cuda": "cuda:gwpr_cuda", "cpu": "cpu_pruning:gwpr_cpu"},
+    "select_tokens": {"cuda": "cuda:select_tokens_cuda"},
+    "similarity_sources": {"cuda": "cuda:similarity_sources_cuda", "cpu": "cpu_pruning:similarity_sources_cpu"},
+    "gather_tokens": {"cuda": "cuda:gather_tokens_cuda"},
+    "recover_tokens": {"cuda": "cuda:recover_tokens_cuda"},
+    "gwpr_cross": {},
+    "sito_select": {},
 }
+# The kernel backends each op has, besides "reference".
+OP_KERNELS: dict[str, tuple[str, ...]] = {op: tuple(families) for op, families in KERNELS.items()}
+
+
+def kernel(op: str, family: str):
+    """The function of ``op``'s ``family`` kernel (``KERNELS``), its module imported on first use."""
+    module, function = KERNELS[op][family].split(":")
+    return getattr(importlib.import_module(f"atedm_kernels.kernels.{module}"), function)
+
+
+def backends_line(op: str) -> str:
+    """``Backends: "auto", "reference", ...`` for ``op``'s docstring, from ``KERNELS``."""
+    names = ("auto", "reference", *OP_KERNELS[op])
+    return "Backends: " + ", ".join(f'"{name}"' for name in names) + "."
 
 
 class BackendUnavailableError(RuntimeError):

@@ -17,7 +17,7 @@ recover_tokens      x_kept [B,K,C], keep_idx, prune_idx, src -> [B,N,C]     kept
                                                                             ``x_kept[src]``
 gwpr_cross          ca_map [B,N,L], num_iters, kind -> scores [B,N] f32     CA-based G-WPR (reference only)
 sito_select         x [B,N,C], grid h, w, patch sx, sy, prune_ratio ->      SiTo's base/pruned/source selection
-                    keep_idx, prune_idx, src                                (:mod:`atedm_kernels.sito`)
+                    keep_idx, prune_idx, src                                (formulas: :mod:`atedm_kernels.sito`)
 ==================  =====================================================  =========================================
 
 Each op takes a trailing ``backend`` string ("auto", "reference", "triton", "cuda", "cpu"; see :mod:`.backends`). The
@@ -40,34 +40,31 @@ from ._validation import (
     check_same_device,
     check_tensor,
 )
-from .backends import check_backend, resolve
+from .backends import backends_line, check_backend, kernel, resolve
 from .reference.gwpr import GWPR_CROSS_KINDS
 
 DEFAULT_MAP_DTYPE = torch.float16  # probabilities live in [0, 1], where fp16 resolves finer than bf16
 
 
-def _triton_attention():
-    from .kernels import triton_attention
-
-    return triton_attention
-
-
-def _cuda():
-    from .kernels import cuda
-
-    return cuda
-
-
-def _cpu_attention():
-    from .kernels import cpu_attention
-
-    return cpu_attention
+REFERENCES = {  # the PyTorch reference that defines each op, run by backend "reference"
+    "attention_with_map": reference.attention_with_map_reference,
+    "attention": reference.attention_reference,
+    "gwpr": reference.gwpr_reference,
+    "gwpr_cross": reference.gwpr_cross_reference,
+    "select_tokens": reference.select_tokens_reference,
+    "similarity_sources": reference.similarity_sources_reference,
+    "gather_tokens": reference.gather_tokens_reference,
+    "recover_tokens": reference.recover_tokens_reference,
+}
 
 
-def _cpu_pruning():
-    from .kernels import cpu_pruning
-
-    return cpu_pruning
+def _run(op: str, backend: str, device: torch.device, *args, reference=None):
+    """``op`` on the backend ``resolve`` picks for ``device``: its reference (``REFERENCES``, or ``reference``), or
+    the kernel ``backends.KERNELS`` names for that family, called with the op's checked arguments."""
+    chosen = resolve(op, backend, device)
+    if chosen == "reference":
+        return (reference or REFERENCES[op])(*args)
+    return kernel(op, chosen)(*args)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -122,12 +119,7 @@ def _attention_with_map(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     scale = _check_attention("attention_with_map", q, k, v, scale, backend)
     map_dtype = _map_dtype(map_dtype)
-    chosen = resolve("attention_with_map", backend, q.device)
-    if chosen == "triton":
-        return _triton_attention().attention_with_map_triton(q, k, v, scale, map_dtype)
-    if chosen == "cpu":
-        return _cpu_attention().attention_with_map_cpu(q, k, v, scale, map_dtype)
-    return reference.attention_with_map_reference(q, k, v, scale, map_dtype)
+    return _run("attention_with_map", backend, q.device, q, k, v, scale, map_dtype)
 
 
 @_attention_with_map.register_fake
@@ -142,9 +134,7 @@ def _attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, backend: str = "auto"
 ) -> torch.Tensor:
     scale = _check_attention("attention", q, k, v, scale, backend)
-    if resolve("attention", backend, q.device) == "triton":
-        return _triton_attention().attention_triton(q, k, v, scale)
-    return reference.attention_reference(q, k, v, scale)
+    return _run("attention", backend, q.device, q, k, v, scale)
 
 
 @_attention.register_fake
@@ -176,12 +166,7 @@ def _check_gwpr(amap, num_iters, damping, backend) -> None:
 @torch.library.custom_op("atedm::gwpr", mutates_args=())
 def _gwpr(amap: torch.Tensor, num_iters: int, damping: float = 0.0, backend: str = "auto") -> torch.Tensor:
     _check_gwpr(amap, num_iters, damping, backend)
-    chosen = resolve("gwpr", backend, amap.device)
-    if chosen == "cuda":
-        return _cuda().gwpr_cuda(amap, num_iters, damping)
-    if chosen == "cpu":
-        return _cpu_pruning().gwpr_cpu(amap, num_iters, damping)
-    return reference.gwpr_reference(amap, num_iters, damping)
+    return _run("gwpr", backend, amap.device, amap, num_iters, damping)
 
 
 @_gwpr.register_fake
@@ -205,7 +190,7 @@ def _gwpr_cross(
     ca_map: torch.Tensor, num_iters: int, kind: str = "entropy", backend: str = "auto"
 ) -> torch.Tensor:
     _check_gwpr_cross(ca_map, num_iters, kind, backend)
-    return reference.gwpr_cross_reference(ca_map, num_iters, kind)
+    return _run("gwpr_cross", backend, ca_map.device, ca_map, num_iters, kind)
 
 
 @_gwpr_cross.register_fake
@@ -228,9 +213,7 @@ def _check_select(scores, keep, backend) -> None:
 @torch.library.custom_op("atedm::select_tokens", mutates_args=())
 def _select_tokens(scores: torch.Tensor, keep: int, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     _check_select(scores, keep, backend)
-    if resolve("select_tokens", backend, scores.device) == "cuda":
-        return _cuda().select_tokens_cuda(scores, keep)
-    return reference.select_tokens_reference(scores, keep)
+    return _run("select_tokens", backend, scores.device, scores, keep)
 
 
 @_select_tokens.register_fake
@@ -262,12 +245,7 @@ def _similarity_sources(
     amap: torch.Tensor, keep_idx: torch.Tensor, prune_idx: torch.Tensor, backend: str = "auto"
 ) -> torch.Tensor:
     _check_sources(amap, keep_idx, prune_idx, backend)
-    chosen = resolve("similarity_sources", backend, amap.device)
-    if chosen == "cuda":
-        return _cuda().similarity_sources_cuda(amap, keep_idx, prune_idx)
-    if chosen == "cpu":
-        return _cpu_pruning().similarity_sources_cpu(amap, keep_idx, prune_idx)
-    return reference.similarity_sources_reference(amap, keep_idx, prune_idx)
+    return _run("similarity_sources", backend, amap.device, amap, keep_idx, prune_idx)
 
 
 @_similarity_sources.register_fake
@@ -291,9 +269,7 @@ def _check_gather(x, idx, backend) -> None:
 @torch.library.custom_op("atedm::gather_tokens", mutates_args=())
 def _gather_tokens(x: torch.Tensor, idx: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     _check_gather(x, idx, backend)
-    if resolve("gather_tokens", backend, x.device) == "cuda":
-        return _cuda().gather_tokens_cuda(x, idx)
-    return reference.gather_tokens_reference(x, idx)
+    return _run("gather_tokens", backend, x.device, x, idx)
 
 
 @_gather_tokens.register_fake
@@ -323,9 +299,7 @@ def _recover_tokens(
     x_kept: torch.Tensor, keep_idx: torch.Tensor, prune_idx: torch.Tensor, src: torch.Tensor, backend: str = "auto"
 ) -> torch.Tensor:
     _check_recover(x_kept, keep_idx, prune_idx, src, backend)
-    if resolve("recover_tokens", backend, x_kept.device) == "cuda":
-        return _cuda().recover_tokens_cuda(x_kept, keep_idx, prune_idx, src)
-    return reference.recover_tokens_reference(x_kept, keep_idx, prune_idx, src)
+    return _run("recover_tokens", backend, x_kept.device, x_kept, keep_idx, prune_idx, src)
 
 
 @_recover_tokens.register_fake
@@ -333,6 +307,92 @@ def _(x_kept, keep_idx, prune_idx, src, backend="auto"):
     _check_recover(x_kept, keep_idx, prune_idx, src, backend)
     batch, kept, channels = x_kept.shape
     return x_kept.new_empty((batch, kept + prune_idx.shape[1], channels))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sito_select: SiTo's token split (x [B,N,C], grid h x w, patch sx x sy, prune_ratio, noise [B,N]? -> keep_idx [B,K],
+# prune_idx [B,N-K], src [B,N-K] int64). K = N - min(round(prune_ratio * N), N - P), P = ceil(h/sy) * ceil(w/sx),
+# depends on the arguments only, so the fake has static shapes. The op draws no random numbers (the caller passes
+# noise), which keeps it deterministic and opcheck-able; formulas in atedm_kernels.sito.reference.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def check_sito_select(x, h, w, sx, sy, prune_ratio, noise, noise_alpha, backend="auto") -> int:
+    """Validate ``sito_select``'s arguments (metadata only: runs on fake tensors); returns K."""
+    check_backend("sito_select", backend)
+    check_tensor("x", x, 3, FLOAT_DTYPES, layout="[B, N, C]")
+    for name, value in (("h", h), ("w", w), ("sx", sx), ("sy", sy)):
+        check_int(name, value, 1)  # SymInts too: a grid derived from a tensor shape under torch.compile(dynamic)
+    prune_ratio = check_float("prune_ratio", prune_ratio, 0.0, 1.0, open_high=True)
+    check_float("noise_alpha", noise_alpha, 0.0, math.inf)
+    batch, n, channels = x.shape
+    if n != h * w:
+        raise ValueError(f"x must hold N = h * w = {h} * {w} = {h * w} tokens (dim 1), got shape {tuple(x.shape)}")
+    if channels < 1:
+        raise ValueError(f"x must have C >= 1 channels, got shape {tuple(x.shape)}")
+    if noise is not None:
+        check_tensor("noise", noise, 2, FLOAT_DTYPES, layout="[B, N]")
+        if tuple(noise.shape) != (batch, n):
+            raise ValueError(f"noise must have shape [B, N] = {(batch, n)}, got {tuple(noise.shape)}")
+        check_same_device(x=x, noise=noise)
+    from .sito.reference import sito_kept_tokens  # lazily: the sito package re-exports this module's op
+
+    return sito_kept_tokens(h, w, sx, sy, prune_ratio)
+
+
+@torch.library.custom_op("atedm::sito_select", mutates_args=())
+def _sito_select(
+    x: torch.Tensor,
+    h: int,
+    w: int,
+    sx: int = 2,
+    sy: int = 2,
+    prune_ratio: float = 0.5,
+    noise: torch.Tensor | None = None,
+    noise_alpha: float = 0.1,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_sito_select(x, h, w, sx, sy, prune_ratio, noise, noise_alpha, backend)
+    from .sito.reference import sito_select_reference
+
+    return _run("sito_select", backend, x.device, x, h, w, sx, sy, prune_ratio, noise, noise_alpha,
+                reference=sito_select_reference)
+
+
+@_sito_select.register_fake
+def _(x, h, w, sx=2, sy=2, prune_ratio=0.5, noise=None, noise_alpha=0.1, backend="auto"):
+    kept = check_sito_select(x, h, w, sx, sy, prune_ratio, noise, noise_alpha, backend)
+    batch, n = x.shape[0], h * w
+    return (
+        x.new_empty((batch, kept), dtype=torch.int64),
+        x.new_empty((batch, n - kept), dtype=torch.int64),
+        x.new_empty((batch, n - kept), dtype=torch.int64),
+    )
+
+
+def sito_select(x, h, w, sx=2, sy=2, prune_ratio=0.5, noise=None, noise_alpha=0.1, *, backend="auto"):
+    """SiTo's token split of ``x [B, N, C]`` on its ``h x w`` grid (``N = h * w``, row-major).
+
+    1. ``score_i = sum_j cos(x_i, x_j) + noise_alpha * noise_i``; each ``sy x sx``
+       patch (partial last row/column patches included) keeps its best-scoring token as a base token.
+    2. The ``min(round(prune_ratio * N), N - P)`` non-base tokens with the highest max-cosine to a base token are
+       pruned (ties: lower index first).
+    3. ``src[b, m]``: position in ``keep_idx`` of the kept token most similar to pruned token ``prune_idx[b, m]``
+       (ties to the lowest position).
+
+    Args:
+        x: ``[B, N, C]`` tokens (fp16, bf16 or fp32; similarities are computed in fp32).
+        h, w: the token grid (``N = h * w``); sx, sy: patch width and height, ints >= 1.
+        prune_ratio: fraction of tokens to prune, in [0, 1).
+        noise: optional ``[B, N]`` float tensor (e.g. ``torch.randn``) added as ``noise_alpha * noise``.
+        noise_alpha: scale of ``noise``, >= 0.
+        backend: see the Backends line below.
+
+    Returns:
+        ``(keep_idx [B, K], prune_idx [B, N-K], src [B, N-K])``, int64; both index lists ascending.
+    """
+    check_sito_select(x, h, w, sx, sy, prune_ratio, noise, noise_alpha, backend)
+    return torch.ops.atedm.sito_select(x, h, w, sx, sy, float(prune_ratio), noise, float(noise_alpha), backend)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -349,7 +409,7 @@ def attention_with_map(q, k, v, scale=None, map_dtype=None, *, backend="auto"):
         q: ``[B, H, N, D]`` queries; k, v: ``[B, H, M, D]`` keys and values (fp16, bf16 or fp32, one dtype).
         scale: softmax scale, default ``D ** -0.5``.
         map_dtype: dtype of ``amap``: float16 (default), bfloat16 or float32.
-        backend: "auto", "reference" or "triton".
+        backend: see the Backends line below.
 
     Returns:
         ``(out [B, H, N, D] in q's dtype, amap [B, N, M] in map_dtype)``.
@@ -369,7 +429,7 @@ def gwpr(amap, num_iters, damping=0.0, *, backend="auto"):
     """G-WPR token scores ``[B, N]`` (float32) from a self-attention map ``[B, N, N]``.
 
     ``s_0 = 1/N``; ``s_{t+1}[j] = (1 - damping) * sum_i amap[i, j] * s_t[i] + damping / N``; returns ``s_T`` with
-    ``T = num_iters >= 1`` (like ``AtEdmConfig.num_iters``). Backends: "auto", "reference", "cuda".
+    ``T = num_iters >= 1`` (like ``AtEdmConfig.num_iters``).
     """
     _check_gwpr(amap, num_iters, damping, backend)
     return torch.ops.atedm.gwpr(amap, num_iters, damping, backend)
@@ -379,7 +439,7 @@ def gwpr_cross(ca_map, num_iters, kind="entropy", *, backend="auto"):
     """Cross-attention G-WPR query scores ``[B, N]`` from ``ca_map [B, N, L]``.
 
     ``s_Q = 1/N``; repeat ``num_iters >= 1`` times: ``s_K = ca_map^T s_Q``, ``s_Q = f(ca_map, s_K)``, normalised to sum
-    1, with ``kind`` selecting ``f``: "entropy", "hard_clip", "soft_clip" or "power". Reference backend only.
+    1, with ``kind`` selecting ``f``: "entropy", "hard_clip", "soft_clip" or "power".
     """
     _check_gwpr_cross(ca_map, num_iters, kind, backend)
     return torch.ops.atedm.gwpr_cross(ca_map, num_iters, kind, backend)
@@ -388,8 +448,7 @@ def gwpr_cross(ca_map, num_iters, kind="entropy", *, backend="auto"):
 def select_tokens(scores, keep, *, backend="auto"):
     """Split tokens by score: ``(keep_idx [B, keep], prune_idx [B, N - keep])``, int64, each ascending.
 
-    The ``keep`` highest scores are kept; equal scores go to the lower token index. Backends: "auto",
-    "reference", "cuda".
+    The ``keep`` highest scores are kept; equal scores go to the lower token index.
     """
     _check_select(scores, keep, backend)
     return torch.ops.atedm.select_tokens(scores, keep, backend)
@@ -399,7 +458,7 @@ def similarity_sources(amap, keep_idx, prune_idx, *, backend="auto"):
     """For each pruned token, the position in ``keep_idx`` of the kept token that attends to it most.
 
     ``src[b, m] = argmax_j amap[b, keep_idx[b, j], prune_idx[b, m]]`` (ties to the lowest ``j``), int64
-    ``[B, N-K]``. Backends: "auto", "reference", "cuda".
+    ``[B, N-K]``.
     """
     _check_sources(amap, keep_idx, prune_idx, backend)
     return torch.ops.atedm.similarity_sources(amap, keep_idx, prune_idx, backend)
@@ -418,3 +477,8 @@ def recover_tokens(x_kept, keep_idx, prune_idx, src, *, backend="auto"):
     """
     _check_recover(x_kept, keep_idx, prune_idx, src, backend)
     return torch.ops.atedm.recover_tokens(x_kept, keep_idx, prune_idx, src, backend)
+
+
+for _public in (attention_with_map, attention, gwpr, gwpr_cross, select_tokens, similarity_sources, gather_tokens,
+                recover_tokens, sito_select):
+    _public.__doc__ = _public.__doc__.rstrip() + "\n\n    " + backends_line(_public.__name__) + "\n"

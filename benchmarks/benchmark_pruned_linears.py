@@ -8,7 +8,7 @@ fall short of its MACs ratio with nothing else costing extra. This script measur
 
     t_linears(variant) = sum over kinds (rows, in, out, bias) of calls(variant, kind) * t(kind)
 
-``calls`` is counted on the meta device (:class:`atedm_kernels.flops.MacsReport` ``.linears``: one U-Net call,
+``calls`` is counted on the meta device (:class:`atedm_kernels.tools.flops.MacsReport` ``.linears``: one U-Net call,
 batch 2, AT-EDM's normal step as ``atedm bench`` runs it); ``t(kind)`` is ``F.linear(x [rows, in], W [out, in],
 b [out] or None)`` in float32 on this CPU with ``torch.get_num_threads()`` threads, fresh random operands, a new
 output each call as in the U-Net, the minimum of ``--reps`` calls after one warm-up, every kind of a size timed
@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from atedm_kernels.flops import LinearKind as Kind
+from atedm_kernels.tools.flops import LinearKind as Kind
 
 SIZES = [512, 1024]  # image side in pixels: the end-to-end benchmark's two sizes
 SMOKE_SIZES = [64]
@@ -41,8 +41,8 @@ BATCH = 2  # one CFG pair, as the end-to-end benchmark runs
 def linear_calls(unet, size: int) -> dict[str, dict[Kind, float]]:
     """Per variant ("dense", "atedm-normal"), calls per linear kind in one call of ``unet`` (a meta model) at
     ``size`` x ``size``."""
-    from atedm_kernels.flops import count_unet_macs
-    from atedm_kernels.unet_bench import pruning_configs
+    from atedm_kernels.tools.flops import count_unet_macs
+    from atedm_kernels.tools.unet_bench import pruning_configs
 
     configs = {"dense": None, "atedm-normal": pruning_configs("reference")["atedm-normal"]}
     return {name: count_unet_macs(unet, size, size, BATCH, config, phase="normal").linears
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1:
         parser.error(f"--reps must be at least 1, got {args.reps}")
 
-    from atedm_kernels.sdxl import build_sdxl_unet
-    from atedm_kernels.unet_bench import device_name
+    from atedm_kernels.tools.models import build_sdxl_unet
+    from atedm_kernels.tools.unet_bench import device_name
 
     scale, sizes, reps = ("tiny", SMOKE_SIZES, 1) if args.smoke else ("full", SIZES, args.reps)
     load_before = os.getloadavg()  # other work on the machine slows every kind alike (interleaved reps)

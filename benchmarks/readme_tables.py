@@ -6,8 +6,9 @@ between ``<!-- tables:start -->`` and ``<!-- tables:end -->`` from every JSON un
 the MACs table; the peers' table (DeepCache, T-GATE, AT-EDM on DeepCache: MACs and, where a committed CPU run
 has their rows, CPU time); the CPU end-to-end tables (``unet_e2e_cpu_*.json``, from ``atedm bench --device cpu``, with the
 pruning path's split); and the GPU tables (the run's steps, end-to-end rows, split and kernels) from the ``.ci/gpu``
-run committed under ``benchmarks/results/gpu/``. ``tests/test_readme_tables.py`` fails when the README and the JSON
-disagree.
+run committed under ``benchmarks/results/gpu/``; and, between ``<!-- quality:start -->`` and ``<!-- quality:end -->``,
+the Quality section's tables from ``benchmarks/results/quality_fashion.json`` (``atedm quality``).
+``tests/test_readme_tables.py`` fails when the README and the JSON disagree.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 GPU = RESULTS / "gpu"  # one .ci/gpu run: summary.json, logs.tar.gz and the detailed JSONs
 README = ROOT / "README.md"
 START, END = "<!-- tables:start -->", "<!-- tables:end -->"
-PEERS = ("deepcache", "tgate", "atedm+deepcache")  # atedm_kernels.peers.PACKAGES, without importing torch
+PEERS = ("deepcache", "tgate", "atedm+deepcache")  # atedm_kernels.tools.peers.PACKAGES, without importing torch
 FEW_STEP_RUNS = (1, 2, 4)  # step counts of distilled SD-XL models (SDXL-Turbo, SDXL-Lightning, LCM)
 PAPER_MACS = {"dense": 6.7e12, "atedm-normal": 4.1e12}  # SD-XL, 1024 px, CFG batch 2 (paper and supplementary A.3)
 
@@ -31,10 +32,11 @@ def count_macs() -> dict:
     """MACs per U-Net step of SD-XL base at 1024x1024, batch 2, for every method and phase, the mean step of
     ``AtEdmConfig.few_step()`` runs of 1, 2 and 4 steps, and the peers' mean step over their authors' runs (needs the
     ``peers`` extra)."""
-    from atedm_kernels.flops import count_run_macs, count_unet_macs
-    from atedm_kernels.peers import PACKAGES, SETTINGS
-    from atedm_kernels.sdxl import AtEdmConfig, build_sdxl_unet
-    from atedm_kernels.unet_bench import TIMED, count_macs as count_variants
+    from atedm_kernels.tools.flops import count_run_macs, count_unet_macs
+    from atedm_kernels.tools.peers import PACKAGES, SETTINGS
+    from atedm_kernels.sdxl import AtEdmConfig
+    from atedm_kernels.tools.models import build_sdxl_unet
+    from atedm_kernels.tools.unet_bench import TIMED, count_macs as count_variants
 
     macs = count_variants("full", 1024, 1024, 2, [name for name in TIMED if name not in PACKAGES])
     unet = build_sdxl_unet("full", device="meta")
@@ -224,10 +226,129 @@ def render() -> str:
     return "\n\n".join(parts)
 
 
-def section(readme: str) -> str:
-    """The README's current generated section (between the markers)."""
-    start, end = readme.index(START) + len(START), readme.index(END)
+QUALITY = RESULTS / "quality_fashion.json"
+WEIGHTS = ROOT / "atedm_kernels" / "tools" / "fashion" / "weights"
+QUALITY_START, QUALITY_END = "<!-- quality:start -->", "<!-- quality:end -->"
+CLAIM_SIGMAS = 2.0  # a paired difference counts as real when it exceeds this many standard errors
+
+
+def paired(rows: dict, better: str, worse: str) -> tuple[float, float]:
+    """Mean and standard error of ``worse``'s fidelity distance minus ``better``'s, sample by sample (same seeds)."""
+    a, b = rows[better]["fidelity_per_sample"], rows[worse]["fidelity_per_sample"]
+    diffs = [y - x for x, y in zip(a, b)]
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / max(1, len(diffs) - 1)
+    return mean, (var / len(diffs)) ** 0.5
+
+
+def claim_line(rows: dict, spread: float, claim: str, better: str, worse: str) -> str:
+    """One paper claim, "``better`` beats ``worse``", judged on paired fidelity and on FID against its spread."""
+    mean, stderr = paired(rows, better, worse)
+    fid_gap = rows[worse]["fid"] - rows[better]["fid"]
+    fidelity = ("holds" if mean > CLAIM_SIGMAS * stderr else "reversed" if mean < -CLAIM_SIGMAS * stderr
+                else "no difference beyond the noise")
+    fid = ("holds" if fid_gap > CLAIM_SIGMAS * spread else "reversed" if fid_gap < -CLAIM_SIGMAS * spread
+           else "within the spread")
+    return (f"| {claim} | `{better}` vs `{worse}` | {rows[better]['fidelity_rmse']:.4f} vs "
+            f"{rows[worse]['fidelity_rmse']:.4f} (paired difference {mean:+.4f} ± {stderr:.4f}): {fidelity} | "
+            f"{rows[better]['fid']:.2f} vs {rows[worse]['fid']:.2f} ({fid_gap:+.2f}): {fid} |")
+
+
+def quality_section() -> str:
+    """The Quality section's numbers, from the committed quality JSON and the weights' logs."""
+    if not QUALITY.is_file():
+        return "No quality run is committed yet (`atedm quality --out benchmarks/results` makes one)."
+    report = json.loads(QUALITY.read_text())
+    train = json.loads((WEIGHTS / "train_log.json").read_text())
+    judge = json.loads((WEIGHTS / "yardstick_log.json").read_text())
+    settings, spread = report["settings"], report["spread"]
+    rows = {row["method"]: row for row in report["rows"]}
+    dense = rows["dense"]
+    std = spread["dense_fid_std"]
+    lines = [
+        f"The model: {train['parameters'] / 1e6:.2f} M parameters, trained for {train['steps_done']} steps of batch "
+        f"{train['settings']['batch']} in {train['seconds'] / 60:.0f} min of wall time on this 2-core CPU, "
+        f"{train.get('paused_seconds', 0) / 60:.0f} of them paused while the yardstick trained (final loss "
+        f"{train['loss'][-1][1]:.4f}; `{train['command']}`). The yardstick classifies the 10,000 held-out images "
+        f"at {judge['held_out_accuracy']:.1%}; on dense samples it finds the class asked for "
+        f"{dense['class_accuracy']:.1%} of the time (chance: 10%).",
+        "",
+        f"{settings['samples']} samples per method (seeds 0-{settings['samples'] - 1}, class = seed mod 10), "
+        f"{settings['steps']} DDIM steps, guidance {settings['guidance']}; dense's FID over {settings['spread_sets']} "
+        f"disjoint seed sets: {', '.join(f'{f:.2f}' for f in spread['dense_fid_per_seed_set'])} (std {std:.2f}): a "
+        "FID difference smaller than about twice that is noise. Fidelity: RMS pixel distance (images in [-1, 1]) to "
+        "the dense sample of the same seed and class, mean ± standard error over samples (from "
+        "`benchmarks/results/quality_fashion.json`):",
+        "",
+        "| method | group | M MACs / step | vs dense | FID | class accuracy | fidelity to dense |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        fidelity = (f"{row['fidelity_rmse']:.4f} ± {row['fidelity_rmse_stderr']:.4f}" if "fidelity_rmse" in row
+                    else "(itself)")
+        lines.append(f"| {row['method']} | {row['group']} | {row['macs_per_step'] / 1e6:.1f} | "
+                     f"{row['macs_vs_dense']:.1%} | {row['fid']:.2f} | {row['class_accuracy']:.1%} | {fidelity} |")
+    claims = [
+        ("G-WPR selection beats random selection", "atedm", "random-selection"),
+        ("similarity copy beats padding zeros", "atedm", "recovery-zeros"),
+        ("similarity copy beats interpolation", "atedm", "recovery-interpolate"),
+        ("pruning after the feed-forward beats before it", "atedm", "prune-before-ff"),
+        ("prune less early (DSAP) beats pruning everywhere", "atedm", "atedm-dsap-off"),
+        ("prune less early beats prune less late", "atedm", "atedm-dsap-reversed"),
+    ]
+    lines += ["", f"The paper's claims, judged here (a claim holds when the paired difference exceeds {CLAIM_SIGMAS:g} "
+              "standard errors, or the FID gap twice dense's seed-set std):", "",
+              "| claim | rows | fidelity to dense | FID |", "|---|---|---|---|"]
+    lines += [claim_line(rows, std, *claim) for claim in claims if claim[1] in rows and claim[2] in rows]
+    return "\n".join(lines)
+
+
+# The README's op table: signatures and meanings written here; the kernels column from the one kernel table,
+# atedm_kernels.backends.KERNELS, which the ops dispatch through.
+OP_DOCS = {
+    "attention_with_map": ("q [B,H,N,D], k, v [B,H,M,D], scale=None, map_dtype=None -> out [B,H,N,D], amap [B,N,M]",
+                           "`out = softmax(q k^T scale) v`; `amap = mean_h softmax(...)` (fp16 map by default)"),
+    "attention": ("q, k, v, scale=None -> out", "the same kernel without the map"),
+    "gwpr": ("amap [B,N,N], num_iters, damping=0 -> scores [B,N] f32", "`s0 = 1/N`, `s <- (1-d) A^T s + d/N`"),
+    "select_tokens": ("scores [B,N], keep -> keep_idx [B,K], prune_idx [B,N-K]",
+                      "top-`keep`, ties to the lower index, both ascending"),
+    "similarity_sources": ("amap, keep_idx, prune_idx -> src [B,N-K]",
+                           "`argmax_j amap[keep_idx[j], p]`, ties to the lowest j"),
+    "gather_tokens": ("x [B,N,C], idx [B,K] -> [B,K,C]", "`out[b,j] = x[b, idx[b,j]]`"),
+    "recover_tokens": ("x_kept [B,K,C], keep_idx, prune_idx, src -> [B,N,C]",
+                       "kept tokens in place, pruned copy `x_kept[src]`"),
+    "gwpr_cross": ("ca_map [B,N,L], num_iters, kind -> scores [B,N] f32",
+                   "cross-attention G-WPR (`entropy`, `hard_clip`, `soft_clip`, `power`)"),
+    "sito_select": ("x [B,N,C], h, w, sx, sy, prune_ratio, noise -> keep_idx, prune_idx, src",
+                    "SiTo's base tokens, pruned tokens and copy sources"),
+}
+OPS_START, OPS_END = "<!-- ops:start -->", "<!-- ops:end -->"
+
+
+def ops_section() -> str:
+    from atedm_kernels.backends import KERNELS
+
+    lines = ["| op | inputs -> outputs | meaning | kernels besides the reference (`atedm_kernels.kernels.*`) |",
+             "|---|---|---|---|"]
+    for op, families in KERNELS.items():
+        signature, meaning = OP_DOCS[op]
+        kernels = ", ".join(f"{family} (`{where}`)" for family, where in families.items()) or "none"
+        lines.append(f"| `{op}` | {signature} | {meaning} | {kernels} |")
+    return "\n".join(lines)
+
+
+SECTIONS = {"tables": (START, END), "quality": (QUALITY_START, QUALITY_END), "ops": (OPS_START, OPS_END)}
+
+
+def section(readme: str, name: str = "tables") -> str:
+    """The README's current generated section ``name`` (between its markers)."""
+    start_marker, end_marker = SECTIONS[name]
+    start, end = readme.index(start_marker) + len(start_marker), readme.index(end_marker)
     return readme[start:end].strip()
+
+
+def rendered(name: str) -> str:
+    return {"tables": render, "quality": quality_section, "ops": ops_section}[name]()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,10 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "macs_sdxl_1024.json").write_text(json.dumps(count_macs(), indent=2) + "\n")
     readme = README.read_text()
-    new = readme.replace(section(readme), render()) if section(readme) else readme.replace(
-        START + "\n" + END, START + "\n" + render() + "\n" + END
-    )
-    README.write_text(new)
+    for name, (start_marker, end_marker) in SECTIONS.items():
+        start, end = readme.index(start_marker) + len(start_marker), readme.index(end_marker)
+        readme = readme[:start] + "\n" + rendered(name) + "\n" + readme[end:]
+    README.write_text(readme)
     print(f"README tables written from {RESULTS}")
     return 0
 

@@ -1,4 +1,4 @@
-"""The device's measured ceilings, the denominators of every "fraction of the ceiling" (SPEC.md section 7).
+"""The device's measured ceilings, the denominators of every "fraction of the ceiling" the benchmarks report.
 
 * bandwidth: a large device-to-device ``Tensor.copy_`` (default 1 GiB), counted as ``bytes = 2 * size`` (one read,
   one write) over its median time;

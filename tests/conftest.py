@@ -12,8 +12,8 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from atedm_kernels.sdxl import build_tiny_pipeline  # noqa: E402
-from atedm_kernels.sdxl.models import _tiny_tokenizer_files  # noqa: E402
+from atedm_kernels.tools.models import build_tiny_pipeline  # noqa: E402
+from atedm_kernels.tools.models import _tiny_tokenizer_files  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,4 @@
-"""Every bad-input case of SPEC.md section 3: a TypeError/ValueError whose message names the argument, raised
+"""Every bad-input case of the ops and configs: a TypeError/ValueError whose message names the argument, raised
 both by the op and by its fake implementation (so torch.compile tracing fails the same way)."""
 
 import pytest

@@ -18,7 +18,7 @@ def load(name: str):
 
 
 def test_unet_e2e_smoke(tmp_path, capsys):
-    from atedm_kernels import unet_bench as e2e
+    from atedm_kernels.tools import unet_bench as e2e
 
     out = tmp_path / "e2e.json"
     assert e2e.main(["--smoke", "--out", str(out)]) == 0
@@ -67,7 +67,7 @@ def test_unet_e2e_profiles_a_warm_call(monkeypatch):
 
     import torch
 
-    from atedm_kernels import unet_bench as e2e
+    from atedm_kernels.tools import unet_bench as e2e
 
     calls = []  # "timed" or "profiled", in the order they ran
     monkeypatch.setattr(e2e, "timed_call", lambda fn, device: calls.append("timed") or 1.0)
@@ -87,14 +87,14 @@ def test_unet_e2e_profiles_a_warm_call(monkeypatch):
 
 
 def test_unet_e2e_explicit_options_beat_smoke_defaults():
-    from atedm_kernels import unet_bench
+    from atedm_kernels.tools import unet_bench
 
     args = unet_bench.parse_args(["--smoke", "--reps", "5", "--height", "64"])
     assert (args.reps, args.height, args.width, args.scale, args.device) == (5, 64, 128, "tiny", "cpu")
 
 
 def test_unet_e2e_refuses_cuda_without_a_gpu_in_one_line(monkeypatch, capsys):
-    from atedm_kernels import unet_bench
+    from atedm_kernels.tools import unet_bench
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(SystemExit) as exit_info:
@@ -126,8 +126,9 @@ def test_cpu_kernels_benchmark_smoke(tmp_path, capsys):
 
 
 def test_pruned_linears_benchmark_smoke(tmp_path, capsys):
-    from atedm_kernels.flops import count_unet_macs
-    from atedm_kernels.sdxl import AtEdmConfig, build_sdxl_unet
+    from atedm_kernels.tools.flops import count_unet_macs
+    from atedm_kernels.sdxl import AtEdmConfig
+    from atedm_kernels.tools.models import build_sdxl_unet
 
     out = tmp_path / "linears.json"
     assert load("benchmark_pruned_linears").main(["--smoke", "--out", str(out)]) == 0
@@ -148,3 +149,47 @@ def test_pruned_linears_benchmark_smoke(tmp_path, capsys):
         assert kind["gmacs_per_s"] == pytest.approx(kind["rows"] * kind["in"] * kind["out"] / kind["seconds"] / 1e9)
     assert {k["bias"] for k in entry["kinds"]} == {True, False}  # q, k, v have none; the outputs have one
     assert "AT-EDM linears" in capsys.readouterr().out
+
+
+def test_unet_e2e_cuda_graph_needs_cuda_in_one_line(capsys):
+    from atedm_kernels.tools import unet_bench
+
+    with pytest.raises(SystemExit) as exit_info:
+        unet_bench.parse_args(["--smoke", "--cuda-graph"])
+    assert exit_info.value.code == 2
+    assert "--cuda-graph needs --device cuda" in capsys.readouterr().err
+
+
+def test_unet_e2e_graph_capture_path_needs_no_host_read_of_the_timestep(monkeypatch):
+    """What ``--cuda-graph`` does around each variant, on a CPU with the CUDA graph API stubbed (a capture is then a
+    plain call): every variant runs in its pinned phase, and AT-EDM's clock reads the timestep as a schedule entry,
+    never on the host (a device sync, which a capture refuses)."""
+    import contextlib
+    import types
+
+    import torch
+
+    from atedm_kernels.sdxl import clock
+    from atedm_kernels.tools import unet_bench
+    from atedm_kernels.tools.models import build_sdxl_unet, unet_inputs
+
+    stream = types.SimpleNamespace(wait_stream=lambda other: None)
+    fake_cuda = types.SimpleNamespace(
+        Stream=lambda device: stream, current_stream=lambda device: stream, stream=lambda s: contextlib.nullcontext(),
+        CUDAGraph=lambda: types.SimpleNamespace(replay=lambda: None), graph=lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(unet_bench.torch, "cuda", fake_cuda)
+    monkeypatch.setattr(unet_bench, "timed_call", lambda fn, device: (fn(), 1.0)[1])
+
+    def no_host_read(self, timestep):
+        raise AssertionError("the clock read the timestep on the host")
+
+    monkeypatch.setattr(clock.StepClock, "_from_value", no_host_read)
+    unet = build_sdxl_unet("tiny", seed=0)
+    inputs = unet_inputs(unet, 2, 128, 128, seed=1)
+    sample, timestep = inputs.pop("sample"), inputs.pop("timestep")
+    args = types.SimpleNamespace(backend="auto", warmup=1, reps=2)
+    memory = types.SimpleNamespace(reset=lambda: None, read=lambda: None)
+    names = ["dense", "atedm-normal", "atedm-prune-less", "atedm-dagger"]
+    times, peaks, errors = unet_bench.run_graphed(unet, sample, timestep, inputs, names, args, torch.device("cpu"),
+                                                  memory)
+    assert errors == {} and list(times) == names and all(t == [1.0, 1.0] for t in times.values())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / ".ci" / "gpu"
-STEPS = ["environment", "wheels", "build", "correctness", "sanitizer", "microbench", "e2e", "e2e-compile"]
+STEPS = ["environment", "wheels", "build", "correctness", "sanitizer", "microbench", "e2e", "e2e-graph", "e2e-compile"]
 
 
 def _load():
@@ -32,9 +32,9 @@ def test_dry_run_runs_every_step_and_returns_two_files(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     steps = {step["name"]: step for step in summary["steps"]}
     assert list(steps) == STEPS and summary["dry_run"] and summary["passed"]
-    assert {name for name, step in steps.items() if step["status"] == "skipped"} == {"wheels", "build", "e2e-compile"}
-    assert all(step["status"] == "passed" for name, step in steps.items() if name not in ("wheels", "build",
-                                                                                           "e2e-compile"))
+    skipped = {"wheels", "build", "e2e-graph", "e2e-compile"}  # no wheels folder; CUDA only; minutes of compiling
+    assert {name for name, step in steps.items() if step["status"] == "skipped"} == skipped
+    assert all(step["status"] == "passed" for name, step in steps.items() if name not in skipped)
     assert all(step["cap_s"] > 0 for step in steps.values() if step["status"] == "passed")
     microbench = steps["microbench"]["figures"]
     names = {(row["benchmark"], row["name"]) for row in microbench["rows"]}
@@ -74,3 +74,16 @@ def test_budget_below_a_minute_is_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), "--budget", "10", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--budget must be at least 60 seconds" in result.stderr
+
+
+def test_only_runs_the_named_steps_and_rejects_unknown_ones(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--only", "environment", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    steps = {step["name"]: step for step in json.loads((tmp_path / "summary.json").read_text())["steps"]}
+    assert steps["environment"]["status"] == "passed"
+    assert all(step["status"] == "skipped" and step["reason"] == "not in --only"
+               for name, step in steps.items() if name != "environment")
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--only", "e2e-graf", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--only: no step 'e2e-graf'" in bad.stderr

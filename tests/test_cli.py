@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from atedm_kernels.cli import build_parser, main
+from atedm_kernels.tools.cli import build_parser, main
 
 SUBCOMMANDS = ["demo", "generate", "flops", "eval"]
 
@@ -45,7 +45,7 @@ def test_generate_writes_images_and_grid(tmp_path, tiny_pipeline_dir, capsys):
 
 def test_demo_tiny_prints_labelled_times_and_writes_a_picture(tmp_path, capsys):
     code = main(["demo", "--scale", "tiny", "--size", "64", "--steps", "2", "--picture-steps", "2",
-                 "--picture-size", "64", "--out", str(tmp_path)])
+                 "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     for words in ("[picture]", "[speed]", "estimate", "time per step", "total (1 run x 2 steps)", "speed-up",
@@ -58,7 +58,7 @@ def test_demo_tiny_prints_labelled_times_and_writes_a_picture(tmp_path, capsys):
 
 
 def test_demo_defaults_on_a_cpu_time_the_full_model_at_512_px():
-    from atedm_kernels.cli import _demo_settings
+    from atedm_kernels.tools.cli import _demo_settings
 
     settings = _demo_settings(build_parser().parse_args(["demo", "--device", "cpu"]))
     assert (settings.scale, settings.size, settings.steps, settings.repeats) == ("full", 512, 1, 2)
@@ -68,7 +68,7 @@ def test_demo_defaults_on_a_cpu_time_the_full_model_at_512_px():
 
 
 def test_demo_refuses_in_one_line_without_the_memory(monkeypatch, capsys):
-    import atedm_kernels.demo as demo
+    import atedm_kernels.tools.demo as demo
 
     monkeypatch.setattr(demo, "available_memory", lambda: 2 * 10**9)
     assert main(["demo", "--device", "cpu"]) == 2  # refused before anything is built
@@ -116,7 +116,7 @@ def test_bench_runs_the_e2e_benchmark_smoke(tmp_path, capsys):
 
 @pytest.mark.parametrize("wpr", ["self", "entropy", "power"])
 def test_wpr_flag_reaches_the_config(wpr):
-    from atedm_kernels.cli import _config
+    from atedm_kernels.tools.cli import _config
 
     args = build_parser().parse_args(["flops", "--scale", "tiny", "--wpr", wpr, "--prune-less-steps", "1"])
     config = _config(args)
@@ -176,7 +176,7 @@ def test_eval_inception_fid_without_torch_fidelity_names_the_extra(monkeypatch, 
 
 
 def test_generate_captions_small_models_in_g():
-    from atedm_kernels.generate import macs_text
+    from atedm_kernels.tools.generate import macs_text
 
     assert macs_text(6_761_200_000_000) == "6.76 T MACs/step" and macs_text(61_000_000) == "0.06 G MACs/step"
 
@@ -185,7 +185,7 @@ HIDE_AND_RUN = """
 import sys
 for name in sys.argv[1].split(","):
     sys.modules[name] = None  # what `import name` sees when the module is not installed
-from atedm_kernels.cli import main
+from atedm_kernels.tools.cli import main
 code = main(sys.argv[2:])
 print("exit", code)
 """
@@ -221,3 +221,25 @@ def test_readme_install_command_is_what_ci_runs():
     install = next(line for line in setup.splitlines() if line.startswith("pip install"))
     assert '".[cli,test]"' in install
     assert install in root.joinpath(".ci", "run").read_text().splitlines()
+
+
+def test_quality_smoke_writes_json_and_pictures(tmp_path, capsys):
+    """`atedm quality` end to end at a tiny size (the committed run uses 25 steps and hundreds of samples)."""
+    import json
+
+    code = main(["quality", "--samples", "2", "--batch", "2", "--steps", "3", "--no-sweep", "--threads", "1",
+                 "--methods", "atedm", "random-selection", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "quality_fashion.json").read_text())
+    rows = {row["method"]: row for row in report["rows"]}
+    assert set(rows) == {"dense", "atedm", "random-selection"} and "fidelity_rmse" not in rows["dense"]
+    assert rows["atedm"]["macs_per_step"] < rows["dense"]["macs_per_step"]
+    assert len(rows["atedm"]["fidelity_per_sample"]) == 2 and len(report["spread"]["dense_fid_per_seed_set"]) == 3
+    for name in ("grid", "tradeoff", "masks"):
+        assert (tmp_path / f"quality_fashion_{name}.png").stat().st_size > 1000
+
+
+def test_quality_bad_method_is_one_line(capsys):
+    assert main(["quality", "--methods", "atedm-fast"]) == 2
+    err = capsys.readouterr().err
+    assert "--methods: unknown method 'atedm-fast'" in err and "Traceback" not in err

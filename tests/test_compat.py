@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from atedm_kernels.sdxl import AtEdmConfig, SiToConfig, apply, apply_sito, build_tiny_pipeline
+from atedm_kernels.sdxl import AtEdmConfig, SiToConfig, apply, apply_sito
+from atedm_kernels.tools.models import build_tiny_pipeline
 
 SIZE = 64  # pixels: an 8x8 latent, 16 tokens at the A2 level, 4 at the multi-layer level
 # Identity settings; AT-EDM's step 0 is prune-less (its F-L blocks call the user's processor), step 1 prunes.
@@ -195,7 +196,7 @@ def _count_graphs(unet, config, inputs):
 
 
 def test_seeded_sito_compiles_to_as_few_graphs_as_unseeded(pipe):
-    from atedm_kernels.sdxl import unet_inputs
+    from atedm_kernels.tools.models import unet_inputs
 
     inputs = unet_inputs(pipe.unet, 2, SIZE, SIZE, seed=1)
     del inputs["timestep"]
@@ -225,7 +226,7 @@ def test_four_step_lcm_with_defaults_prunes_every_block_from_step_2(pipe):
 
 def _loop_phases(unet, scheduler, steps, handle):
     """A hand-written denoising loop over the bare U-Net; returns the phases the handle recorded."""
-    from atedm_kernels.sdxl import unet_inputs
+    from atedm_kernels.tools.models import unet_inputs
 
     inputs = unet_inputs(unet, 1, SIZE, SIZE, seed=2)
     scheduler.set_timesteps(steps)

@@ -1,21 +1,23 @@
-"""The demo's pieces on the tiny U-Net: the fast random build, the alternating timed runs (the full-scale code path
-on a small config), the per-step trace in U-Net order, and the picture."""
+"""The demo's pieces: the fast random build and the alternating timed runs (the full-scale code path on the tiny
+U-Net's config), the per-step trace on the trained Fashion-MNIST denoiser in U-Net order, and the picture."""
 
 import math
 
 import torch
 
-from atedm_kernels.demo import (
+from atedm_kernels.tools.demo import (
     DemoSettings,
     build_random_unet,
     run,
     run_order,
     speed_table,
-    trace_selections,
+    trace_trained,
 )
-from atedm_kernels.demo_picture import draw_selections
-from atedm_kernels.sdxl import AtEdmConfig, build_sdxl_unet, tiny_unet_config, unet_inputs
+from atedm_kernels.tools.demo_picture import draw_selections
+from atedm_kernels.sdxl import AtEdmConfig
+from atedm_kernels.tools.models import tiny_unet_config, unet_inputs
 from atedm_kernels.sdxl.schedule import attention_blocks
+from atedm_kernels.tools.fashion.model import load_denoiser
 
 CPU = torch.device("cpu")
 
@@ -48,9 +50,9 @@ def test_runs_alternate_so_load_changes_hit_both():
 
 
 def test_trace_has_every_block_in_unet_order_at_every_step():
-    unet = build_sdxl_unet("tiny", seed=1)
     config = AtEdmConfig(prune_less_steps=1)
-    trace = trace_selections(unet, unet_inputs(unet, 2, 128, 128, seed=1), 3, config, CPU)
+    trace, dense, pruned = trace_trained(3, config, seed=1, label=1)
+    unet = load_denoiser().unet
     expected = [name for name, block, *_ in attention_blocks(unet) if len(block.transformer_blocks) >= 2]
     assert [b.name for b in trace.blocks] == expected  # down, mid, up: not the order of first appearance
     assert trace.phases == ["prune_less", "normal", "normal"]
@@ -62,16 +64,18 @@ def test_trace_has_every_block_in_unet_order_at_every_step():
     for s in trace.selections:
         grid = next(b.grid for b in trace.blocks if b.name == s.block)
         assert s.scores.numel() == grid[0] * grid[1] and int(s.kept.sum()) == config.kept_tokens(s.scores.numel())
+    assert dense.shape == pruned.shape == (32, 32) and 0 <= float(dense.min()) and float(dense.max()) <= 1
+    assert not torch.equal(dense, pruned)  # AT-EDM pruned in steps 1 and 2
 
 
 def test_picture_is_written(tmp_path):
-    unet = build_sdxl_unet("tiny", seed=1)
-    trace = trace_selections(unet, unet_inputs(unet, 2, 128, 128), 2, AtEdmConfig(prune_less_steps=1), CPU)
-    path = draw_selections(trace, tmp_path / "masks.png", model="tiny", keep_ratio=0.37)
+    trace, dense, pruned = trace_trained(2, AtEdmConfig(prune_less_steps=1), seed=0, label=0)
+    path = draw_selections(trace, tmp_path / "masks.png", model="trained", keep_ratio=0.37,
+                           samples=[("dense", dense), ("AT-EDM", pruned)])
     from PIL import Image
 
     width, height = Image.open(path).size
-    assert width > 300 and height > 11 * 60  # 11 pruning blocks of the tiny U-Net, one row each
+    assert width > 300 and height > (len(trace.blocks) + 1) * 60  # one row per pruning block, then the samples
 
 
 def test_full_scale_code_path_on_a_small_config(tmp_path):
@@ -80,7 +84,7 @@ def test_full_scale_code_path_on_a_small_config(tmp_path):
     lines = []
     settings = DemoSettings(
         scale="full", size=96, steps=1, repeats=2, config=AtEdmConfig(), picture_steps=2,  # the CLI's default config
-        picture_config=AtEdmConfig(prune_less_steps=1), picture_size=64, device=CPU, out=tmp_path,
+        picture_config=AtEdmConfig(prune_less_steps=1), device=CPU, out=tmp_path,
         warmup_size=64, progress=False, unet_config=tiny_unet_config(),
     )
     result = run(settings, echo=lines.append)

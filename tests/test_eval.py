@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from atedm_kernels.eval import ClipImageFeatures, EvalSettings, evaluate, fid, load_clip, read_captions
-from atedm_kernels.generate import load_pipeline
+from atedm_kernels.tools.eval import ClipImageFeatures, EvalSettings, evaluate, fid, load_clip, read_captions
+from atedm_kernels.tools.generate import load_pipeline
 from atedm_kernels.sdxl import AtEdmConfig
 
 

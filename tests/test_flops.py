@@ -1,10 +1,11 @@
-"""MAC counting (atedm_kernels.flops): the paper's SD-XL figures on the meta model, analytic checks on the tiny one."""
+"""MAC counting (atedm_kernels.tools.flops): the paper's SD-XL figures on the meta model, analytic checks on the tiny one."""
 
 import pytest
 import torch
 
-from atedm_kernels.flops import count_unet_macs
-from atedm_kernels.sdxl import AtEdmConfig, apply, build_sdxl_unet
+from atedm_kernels.tools.flops import count_unet_macs
+from atedm_kernels.sdxl import AtEdmConfig, apply
+from atedm_kernels.tools.models import build_sdxl_unet
 
 TINY_PIXELS = 256  # tiny U-Net: 32x32 latent; A2 blocks at 16x16 = 256 tokens, A4 blocks at 8x8 = 64 tokens
 B = 2  # classifier-free-guidance batch, as the paper counts
@@ -166,21 +167,22 @@ def test_table_lists_blocks_and_total(tiny_reports):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "match", "error"),
     [
-        ({"height": 1001}, "height"),
-        ({"width": 0}, "width"),
-        ({"batch": 0}, "batch"),
-        ({"batch": True}, "batch"),
-        ({"phase": "early"}, "phase"),
-        ({"num_steps": 0}, "num_steps"),
-        ({"on_meta": "yes"}, "on_meta"),
-        ({"unet": torch.nn.Linear(2, 2)}, "unet"),
+        ({"height": 1001}, "height", ValueError),
+        ({"width": 0}, "width", ValueError),
+        ({"batch": 0}, "batch", ValueError),
+        ({"batch": True}, "batch", TypeError),
+        ({"phase": "early"}, "phase", ValueError),
+        ({"num_steps": 0}, "num_steps", ValueError),
+        ({"on_meta": "yes"}, "on_meta", TypeError),
+        ({"unet": torch.nn.Linear(2, 2)}, "unet", ValueError),
     ],
 )
-def test_bad_arguments_name_the_argument(tiny, kwargs, match):
+def test_bad_arguments_name_the_argument(tiny, kwargs, match, error):
+    """A wrong type raises TypeError, a wrong value ValueError, each naming the argument."""
     args = {"unet": tiny, "height": TINY_PIXELS, "width": TINY_PIXELS, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         count_unet_macs(**args)
 
 
@@ -194,7 +196,8 @@ def test_bad_config_and_already_applied(tiny):
 
 def test_sito_counts_the_pruned_self_attention():
     """SiTo shrinks only attn1 (its projections and both matmuls) to K tokens; prune_ratio 0 is dense."""
-    from atedm_kernels.sdxl import SiToConfig, build_sdxl_unet
+    from atedm_kernels.sdxl import SiToConfig
+    from atedm_kernels.tools.models import build_sdxl_unet
     from atedm_kernels.sito import sito_kept_tokens
 
     tiny = build_sdxl_unet("tiny", device="meta")

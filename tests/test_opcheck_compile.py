@@ -23,7 +23,7 @@ def _inputs():
         "similarity_sources": ((amap, keep_idx, prune_idx, "reference"), {}),
         "gather_tokens": ((x, keep_idx, "reference"), {}),
         "recover_tokens": ((x[:, :8].contiguous(), keep_idx, prune_idx, src, "reference"), {}),
-        # SiTo's split of a 3 x 7 grid into 2 x 2 patches, with noise (declared in atedm_kernels/sito/ops.py)
+        # SiTo's split of a 3 x 7 grid into 2 x 2 patches, with noise (declared in atedm_kernels/ops.py)
         "sito_select": ((torch.randn(2, 21, 6, generator=gen), 3, 7, 2, 2, 0.5, torch.rand(2, 21, generator=gen), 0.1,
                          "reference"), {}),
     }

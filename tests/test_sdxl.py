@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from atedm_kernels import BACKENDS, BackendUnavailableError
-from atedm_kernels.sdxl import AtEdmConfig, apply, build_sdxl_unet, build_tiny_pipeline, unet_inputs
+from atedm_kernels.sdxl import AtEdmConfig, apply
+from atedm_kernels.tools.models import build_sdxl_unet, build_tiny_pipeline, unet_inputs
 
 PIXELS = 128  # 16x16 latent: 64 tokens at the A2 level, 16 at the multi-layer level
 
@@ -127,20 +128,23 @@ def test_reset_and_dagger(unet):
 
 
 @pytest.mark.parametrize(
-    "field,value",
+    "field,value,error",
     [
-        ("keep_ratio", 0.0),
-        ("keep_ratio", 1.5),
-        ("num_iters", 0),
-        ("prune_less_steps", -1),
-        ("prune_less_blocks", "F-X"),
-        ("skip_second_level", "yes"),
-        ("backend", "fast"),
-        ("damping", 2.0),
+        ("keep_ratio", 0.0, ValueError),
+        ("keep_ratio", 1.5, ValueError),
+        ("keep_ratio", "0.5", TypeError),
+        ("num_iters", 0, ValueError),
+        ("num_iters", True, TypeError),
+        ("prune_less_steps", -1, ValueError),
+        ("prune_less_blocks", "F-X", ValueError),
+        ("skip_second_level", "yes", TypeError),
+        ("backend", "fast", ValueError),
+        ("damping", 2.0, ValueError),
     ],
 )
-def test_config_validation_names_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+def test_config_validation_names_the_field(field, value, error):
+    """A wrong type raises TypeError, a wrong value ValueError (as :mod:`atedm_kernels._validation` promises)."""
+    with pytest.raises(error, match=field):
         AtEdmConfig(**{field: value})
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import atedm_kernels as ak
-from atedm_kernels.sdxl import AtEdmConfig, apply, build_sdxl_unet, build_tiny_pipeline, unet_inputs
+from atedm_kernels.sdxl import AtEdmConfig, apply
+from atedm_kernels.tools.models import build_sdxl_unet, build_tiny_pipeline, unet_inputs
 from atedm_kernels.sdxl.sito_layer import SiToConfig, apply_sito
 from atedm_kernels.sito import (
     base_tokens_reference,
@@ -340,26 +341,27 @@ def test_seeded_noise_is_reproducible_per_generation(unet):
 
 
 @pytest.mark.parametrize(
-    "field,value",
+    "field,value,error",
     [
-        ("prune_ratio", 1.0),
-        ("prune_ratio", -0.5),
-        ("prune_ratio", "0.5"),
-        ("sx", 0),
-        ("sy", 1.5),
-        ("sx", True),
-        ("noise_alpha", -0.1),
-        ("noise_alpha", float("inf")),
-        ("levels", ()),
-        ("levels", (0,)),
-        ("levels", "2"),
-        ("prune_less_steps", -1),
-        ("seed", 1.5),
-        ("backend", "fast"),
+        ("prune_ratio", 1.0, ValueError),
+        ("prune_ratio", -0.5, ValueError),
+        ("prune_ratio", "0.5", TypeError),
+        ("sx", 0, ValueError),
+        ("sy", 1.5, TypeError),
+        ("sx", True, TypeError),
+        ("noise_alpha", -0.1, ValueError),
+        ("noise_alpha", float("inf"), ValueError),
+        ("levels", (), ValueError),
+        ("levels", (0,), ValueError),
+        ("levels", "2", TypeError),
+        ("prune_less_steps", -1, ValueError),
+        ("seed", 1.5, TypeError),
+        ("backend", "fast", ValueError),
     ],
 )
-def test_config_validation_names_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+def test_config_validation_names_the_field(field, value, error):
+    """A wrong type raises TypeError, a wrong value ValueError (as :mod:`atedm_kernels._validation` promises)."""
+    with pytest.raises(error, match=field):
         SiToConfig(**{field: value})
 
 

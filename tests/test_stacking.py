@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from atedm_kernels import flops, peers
-from atedm_kernels.sdxl import AtEdmConfig, apply, build_tiny_pipeline
+from atedm_kernels.tools import flops, peers
+from atedm_kernels.sdxl import AtEdmConfig, apply
+from atedm_kernels.tools.models import build_tiny_pipeline
 
 DeepCache = pytest.importorskip("DeepCache", reason="DeepCache is not installed (pip install -e '.[peers]')")
 
@@ -98,7 +99,7 @@ def test_peer_run_mean_is_the_mean_of_every_step(name):
     authors' run call by call, on the tiny U-Net with real forwards; and the run leaves the U-Net as it was."""
     if name == "tgate":
         pytest.importorskip("tgate", reason="tgate is not installed (pip install -e '.[peers]')")
-    from atedm_kernels.sdxl import build_sdxl_unet
+    from atedm_kernels.tools.models import build_sdxl_unet
 
     unet = build_sdxl_unet("tiny", device="cpu")
     before = flops.count_forward_macs(unet, SIZE, SIZE, 2)

@@ -1,4 +1,4 @@
-"""``AtEdmConfig``: the knobs of AT-EDM on a U-Net, with the paper's defaults (SPEC.md section 5)."""
+"""``AtEdmConfig``: the knobs of AT-EDM on a U-Net, with the paper's defaults."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import math
 import re
 from dataclasses import dataclass
 
+from .._validation import check_bool, check_choice, check_float, check_int
 from ..backends import BACKENDS
 from ..reference.gwpr import GWPR_CROSS_KINDS
+from .ablations import RECOVERIES, SELECTIONS
 
 # "<down>-<up>": which attention block of each down stage (F first, L last) and of each up stage (F, M middle, L)
 # runs dense during the prune-less steps; "none" prunes every block in every step.
@@ -19,10 +21,9 @@ WPR_KINDS = ("self", *GWPR_CROSS_KINDS)
 
 def check_prune_less(fraction, steps) -> None:
     """The DSAP fields' checks, shared by every method's config."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"prune_less_fraction must be a float in [0, 1], got {fraction!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
-        raise ValueError(f"prune_less_steps must be None or an int >= 0, got {steps!r}")
+    check_float("prune_less_fraction", fraction, 0.0, 1.0)
+    if steps is not None:
+        check_int("prune_less_steps", steps, 0)
 
 
 def prune_less_count(fraction: float, steps: int | None, num_steps: int) -> int:
@@ -61,6 +62,14 @@ class AtEdmConfig:
             text cross-attention map of the same layer's ``attn2`` [B, N, L] (L = 77 text tokens), which then runs
             through ``attention_with_map`` too. Either way the pruned tokens are recovered from the self-attention
             map (see :mod:`.pruning`); ``damping`` belongs to the self form and must stay 0 with the others.
+        selection: "gwpr" (the default: keep the top-K token scores) or "random" (the paper's random-selection
+            baseline: keep the top K of uniform random scores; :mod:`.ablations`).
+        recovery: how pruned tokens come back after ``proj_out``: "copy" (the default: each copies its most similar
+            kept token), or the paper's baselines "zeros" and "interpolate" (:mod:`.ablations`).
+        prune_before_ff: True moves the selection in front of the first layer's feed-forward (the paper's
+            supplementary C alternative), which then runs on the K kept tokens only. The feed-forward and its norm
+            act on each token alone and pruned tokens are recovered from kept ones, so the output is the default's
+            (the same selection, the same kept values) at fewer MACs (:mod:`.ablations`).
     """
 
     keep_ratio: float = 0.37
@@ -72,29 +81,28 @@ class AtEdmConfig:
     skip_second_level: bool = False
     backend: str = "auto"
     wpr: str = "self"
+    selection: str = "gwpr"
+    recovery: str = "copy"
+    prune_before_ff: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.keep_ratio, bool) or not isinstance(self.keep_ratio, (int, float)):
-            raise ValueError(f"keep_ratio must be a float in (0, 1], got {self.keep_ratio!r}")
-        if not 0.0 < float(self.keep_ratio) <= 1.0:
-            raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        if isinstance(self.num_iters, bool) or not isinstance(self.num_iters, int) or self.num_iters < 1:
-            raise ValueError(f"num_iters must be an int >= 1, got {self.num_iters!r}")
-        if isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) or not 0 <= self.damping <= 1:
-            raise ValueError(f"damping must be a float in [0, 1], got {self.damping!r}")
+        # a wrong type raises TypeError, a wrong value ValueError; each message names the field
+        check_float("keep_ratio", self.keep_ratio, 0.0, 1.0, open_low=True)
+        check_int("num_iters", self.num_iters, 1)
+        check_float("damping", self.damping, 0.0, 1.0)
         check_prune_less(self.prune_less_fraction, self.prune_less_steps)
-        if not isinstance(self.prune_less_blocks, str) or not (
-            self.prune_less_blocks == "none" or PRUNE_LESS_PATTERN.match(self.prune_less_blocks)
-        ):
+        if not isinstance(self.prune_less_blocks, str):
+            raise TypeError(f"prune_less_blocks must be a str, got {type(self.prune_less_blocks).__name__}")
+        if not (self.prune_less_blocks == "none" or PRUNE_LESS_PATTERN.match(self.prune_less_blocks)):
             raise ValueError(
                 f"prune_less_blocks must be 'none' or '<F|L>-<F|M|L>' (e.g. 'F-L'), got {self.prune_less_blocks!r}"
             )
-        if not isinstance(self.skip_second_level, bool):
-            raise ValueError(f"skip_second_level must be a bool, got {self.skip_second_level!r}")
-        if not isinstance(self.backend, str) or self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if not isinstance(self.wpr, str) or self.wpr not in WPR_KINDS:
-            raise ValueError(f"wpr must be one of {WPR_KINDS}, got {self.wpr!r}")
+        check_bool("skip_second_level", self.skip_second_level)
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("wpr", self.wpr, WPR_KINDS)
+        check_choice("selection", self.selection, SELECTIONS)
+        check_choice("recovery", self.recovery, RECOVERIES)
+        check_bool("prune_before_ff", self.prune_before_ff)
         if self.wpr != "self" and self.damping != 0:
             raise ValueError(f"damping must be 0 with wpr={self.wpr!r} (cross-attention G-WPR has no damping), "
                              f"got {self.damping!r}")

@@ -19,7 +19,7 @@ the mask, and row i says which of the L prompt tokens image token i reads (``gwp
 much they attend to prompt tokens that many image tokens attend to). It is taken in the same fused pass as the
 attention output (one ``attention_with_map`` over L keys instead of SDPA: a [B, N, L] map costs little next to
 the [B, N, N] one). Recovery still needs the self-attention map: a cross map has no token-to-token entries, and a
-pruned token must copy the kept token that attended to it most (SPEC), so ``attn1`` keeps emitting ``amap`` and
+pruned token must copy the kept token that attended to it most (the paper's similarity-based copy), so ``attn1`` keeps emitting ``amap`` and
 ``similarity_sources`` reads it, whatever ``wpr`` scores with.
 
 Each batch element (both classifier-free-guidance halves included) gets its own mask. When the block is not
@@ -38,8 +38,10 @@ from torch import nn
 from .. import ops
 from ..backends import preference_for
 from ..kernels import cpu_attention
+from . import ablations
 from .config import AtEdmConfig
 from .processors import CallWrapper, call_processor, is_fused_processor, plain_processor_types
+from .schedule import block_limits, present
 
 
 class PruningAttnProcessor(CallWrapper):
@@ -125,17 +127,14 @@ def check_prunable(transformer: nn.Module, name: str, cross: bool) -> None:
     reproduce exactly."""
     first = transformer.transformer_blocks[0]
     features = ("group_norm", "spatial_norm", "norm_q", "norm_k")
-    unsupported = [feature for feature in features if getattr(first.attn1, feature, None) is not None]
+    unsupported = present(first.attn1, features)
     if cross:
         attn2 = getattr(first, "attn2", None)
         if attn2 is None:
             unsupported.append("no cross-attention to score a cross-attention wpr with")
         else:
-            unsupported += [f"attn2.{f}" for f in (*features, "norm_cross") if getattr(attn2, f, None) is not None]
-    if getattr(first, "only_cross_attention", False):
-        unsupported.append("only_cross_attention")
-    if getattr(transformer, "is_input_continuous", True) is not True:
-        unsupported.append("non-continuous input")
+            unsupported += present(attn2, (*features, "norm_cross"), prefix="attn2.")
+    unsupported += block_limits(transformer, first)
     if unsupported:
         raise ValueError(f"{name}: AT-EDM cannot prune this attention block ({', '.join(unsupported)})")
 
@@ -167,6 +166,8 @@ class BlockPruner:
         self._amap: torch.Tensor | None = None  # [B, N, N] from the pruning layer's self-attention
         self._ca_map: torch.Tensor | None = None  # [B, N, L] from its cross-attention (cross-attention wpr only)
         self._restore: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # keep_idx, prune_idx, src
+        self._random_scores = ablations.RandomScores(name) if config.selection == "random" else None
+        self._grid: tuple[int, int] | None = None  # (H, W) of the block's input, for recovery="interpolate"
 
         first = transformer.transformer_blocks[0]
         # (module, processor in front of the user's during pruning calls): attn1 always, attn2 for a cross wpr
@@ -174,6 +175,11 @@ class BlockPruner:
         if cross:
             self._wrapped.append((first.attn2, PruningAttnProcessor(self, cross=True)))
         self._hooks = [first.register_forward_hook(self._prune)]
+        if config.prune_before_ff:
+            self._hooks += [first.ff.register_forward_pre_hook(self._ff_kept_only),
+                            first.ff.register_forward_hook(self._ff_back_to_all)]
+        if config.recovery == "interpolate":
+            self._hooks.append(transformer.register_forward_pre_hook(self._note_grid))
         if transformer.use_linear_projection:
             self._hooks.append(transformer.proj_out.register_forward_hook(self._recover))
         else:
@@ -185,9 +191,8 @@ class BlockPruner:
         else:
             self._amap = amap  # [B, N, N]
 
-    def _prune(self, module, args, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        if not self.active:
-            return None
+    def _select(self, hidden_states: torch.Tensor) -> None:
+        """Score the N tokens of ``hidden_states`` [B, N, C], keep the top K, and find each pruned token's source."""
         cfg = self.config
         amap, self._amap = self._amap, None
         ca_map, self._ca_map = self._ca_map, None
@@ -199,7 +204,9 @@ class BlockPruner:
         tokens = hidden_states.shape[1]
         keep = cfg.kept_tokens(tokens)
         backends = self.backends
-        if cfg.wpr == "self":
+        if self._random_scores is not None:
+            scores = self._random_scores(hidden_states.shape[0], tokens, hidden_states.device)  # [B, N]
+        elif cfg.wpr == "self":
             scores = ops.gwpr(amap, cfg.num_iters, cfg.damping, backend=backends["gwpr"])  # [B, N]
         else:
             scores = ops.gwpr_cross(ca_map, cfg.num_iters, cfg.wpr, backend=backends["gwpr_cross"])  # [B, N]
@@ -209,14 +216,47 @@ class BlockPruner:
         self.last_tokens = (tokens, keep)
         if self.observer is not None:
             self.observer(self, scores, keep_idx)
-        return ops.gather_tokens(hidden_states, keep_idx, backend=backends["gather_tokens"])  # [B, K, C]
+
+    def _gather(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        keep_idx = self._restore[0]
+        return ops.gather_tokens(hidden_states, keep_idx, backend=self.backends["gather_tokens"])  # [B, K, C]
+
+    def _prune(self, module, args, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        if not self.active:
+            return None
+        if not self.config.prune_before_ff:
+            self._select(hidden_states)
+        return self._gather(hidden_states)  # [B, K, C]
+
+    def _ff_kept_only(self, module, args) -> tuple | None:
+        """``prune_before_ff``: select before the first layer's feed-forward and feed it the K kept tokens only."""
+        if not self.active:
+            return None
+        norm_hidden_states = args[0]  # [B, N, C]
+        self._select(norm_hidden_states)
+        return (self._gather(norm_hidden_states), *args[1:])  # [B, K, C]
+
+    def _ff_back_to_all(self, module, args, ff_output: torch.Tensor) -> torch.Tensor | None:
+        """Back to N rows for the layer's residual add (pruned rows 0: ``_prune`` drops them next)."""
+        if not self.active:
+            return None
+        keep_idx, prune_idx, _ = self._restore
+        return ablations.scatter_kept(ff_output, keep_idx, keep_idx.shape[1] + prune_idx.shape[1])  # [B, N, C]
 
     def _recover(self, module, args, hidden_states: torch.Tensor) -> torch.Tensor | None:
         if not self.active:
             return None
         (keep_idx, prune_idx, src), self._restore = self._restore, None
+        tokens = keep_idx.shape[1] + prune_idx.shape[1]
+        if self.config.recovery == "zeros":
+            return ablations.recover_zeros(hidden_states, keep_idx, tokens)  # [B, N, C]
+        if self.config.recovery == "interpolate":
+            return ablations.recover_interpolate(hidden_states, keep_idx, self._grid)  # [B, N, C]
         backend = self.backends["recover_tokens"]
         return ops.recover_tokens(hidden_states, keep_idx, prune_idx, src, backend=backend)  # [B, N, C]
+
+    def _note_grid(self, module, args) -> None:
+        self._grid = tuple(args[0].shape[-2:])  # the block's input [B, C, H, W]
 
     def clear(self) -> None:
         """Forget the state of the latest call (map, selection, token counts)."""

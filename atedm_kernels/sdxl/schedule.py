@@ -74,6 +74,19 @@ def attention_blocks(unet: nn.Module):
             yield f"up_blocks.{i}.attentions.{j}", block, levels - i, "up", position(j, len(blocks))
 
 
+def block_limits(transformer: nn.Module, block: nn.Module) -> list[str]:
+    """What neither pruning method handles in a ``BasicTransformerBlock`` of ``transformer``."""
+    limits = ["only_cross_attention"] if getattr(block, "only_cross_attention", False) else []
+    if getattr(transformer, "is_input_continuous", True) is not True:
+        limits.append("non-continuous input")
+    return limits
+
+
+def present(module: nn.Module, features: tuple[str, ...], prefix: str = "") -> list[str]:
+    """The optional sub-modules of ``features`` that ``module`` (an ``Attention``) carries."""
+    return [prefix + feature for feature in features if getattr(module, feature, None) is not None]
+
+
 def call_argument(args: tuple, kwargs: dict, name: str, index: int):
     """A U-Net forward argument given by keyword or by position."""
     return kwargs[name] if name in kwargs else args[index]

@@ -27,26 +27,21 @@ it as an input (no graph break, seeded or not).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .. import ops
+from .._validation import check_choice, check_float, check_int
 from ..backends import BACKENDS, preference_for
 from ..sito import sito_kept_tokens, sito_select
 from .clock import Position
 from .config import prune_less_count
 from .processors import CallWrapper, call_processor
-from .schedule import PruningHandle, attention_blocks, call_argument
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+from .schedule import PruningHandle, attention_blocks, block_limits, call_argument, present
 
 
 @dataclass(frozen=True)
@@ -80,28 +75,25 @@ class SiToConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        if not _is_real(self.prune_ratio) or not 0.0 <= float(self.prune_ratio) < 1.0:
-            raise ValueError(f"prune_ratio must be a float in [0, 1), got {self.prune_ratio!r}")
-        for name in ("sx", "sy"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not _is_real(self.noise_alpha) or not 0.0 <= float(self.noise_alpha) < float("inf"):
-            raise ValueError(f"noise_alpha must be a finite float >= 0, got {self.noise_alpha!r}")
+        # a wrong type raises TypeError, a wrong value ValueError; each message names the field
+        check_float("prune_ratio", self.prune_ratio, 0.0, 1.0, open_high=True)
+        check_int("sx", self.sx, 1)
+        check_int("sy", self.sy, 1)
+        check_float("noise_alpha", self.noise_alpha, 0.0, math.inf)
         if self.levels is not None:
             levels = self.levels
             if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
-                raise ValueError(f"levels must be None or a sequence of ints >= 1, got {levels!r}")
+                raise TypeError(f"levels must be None or a sequence of ints >= 1, got {type(levels).__name__}")
             levels = tuple(levels)
-            if not levels or not all(_is_int(v) and v >= 1 for v in levels):
-                raise ValueError(f"levels must be None or a non-empty sequence of ints >= 1, got {self.levels!r}")
+            if not levels:
+                raise ValueError("levels must be None or a non-empty sequence of ints >= 1, got an empty one")
+            for level in levels:
+                check_int("levels", level, 1)
             object.__setattr__(self, "levels", tuple(sorted(set(levels))))
-        if not _is_int(self.prune_less_steps) or self.prune_less_steps < 0:
-            raise ValueError(f"prune_less_steps must be an int >= 0, got {self.prune_less_steps!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise ValueError(f"seed must be None or an int, got {self.seed!r}")
-        if not isinstance(self.backend, str) or self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        check_int("prune_less_steps", self.prune_less_steps, 0)
+        if self.seed is not None:
+            check_int("seed", self.seed, -(2**63))
+        check_choice("backend", self.backend, BACKENDS)
 
     def prune_less_count(self, num_steps: int) -> int:
         """How many of a ``num_steps`` run's first steps run dense: ``min(prune_less_steps, num_steps)``."""
@@ -155,13 +147,10 @@ class SiToAttnProcessor(CallWrapper):
 
 def _check_sito_prunable(block: nn.Module, transformer: nn.Module, name: str) -> None:
     attn = block.attn1
-    unsupported = [f for f in ("group_norm", "spatial_norm") if getattr(attn, f, None) is not None]
+    unsupported = present(attn, ("group_norm", "spatial_norm"))
     if getattr(attn, "residual_connection", False):
         unsupported.append("residual_connection")
-    if getattr(block, "only_cross_attention", False):
-        unsupported.append("only_cross_attention")
-    if getattr(transformer, "is_input_continuous", True) is not True:
-        unsupported.append("non-continuous input")
+    unsupported += block_limits(transformer, block)
     if unsupported:
         raise ValueError(f"{name}: SiTo cannot prune this self-attention ({', '.join(unsupported)})")
 

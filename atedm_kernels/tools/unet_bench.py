@@ -16,7 +16,7 @@ side by side in one run:
   merging for self-attention, cross-attention and feed-forward, ``max_downsample=8`` to open its merge range to
   every level (SD-XL's attention levels are at downsampling 2 and 4; tomesd's default 1 merges nothing there);
 * ``deepcache``, ``tgate``, ``atedm+deepcache``: the peers at their authors' SD-XL settings
-  (:mod:`atedm_kernels.peers`: DeepCache interval 3, branch 0, 50 steps; T-GATE gate step 10, 25 steps; AT-EDM
+  (:mod:`atedm_kernels.tools.peers`: DeepCache interval 3, branch 0, 50 steps; T-GATE gate step 10, 25 steps; AT-EDM
   with its DSAP schedule on DeepCache's 50 steps), whose cost depends on the step: each is the mean step of its
   whole run, from one call of every kind of step made in step order on one run (DeepCache: a full call and a
   cached one; with AT-EDM: each in both DSAP phases; T-GATE: five kinds, those after its gate step at half the
@@ -43,7 +43,7 @@ SDPA replaced is dense's per-call SDPA time at the same (q, k) shapes times the 
 
 Memory: peak resident set (Linux ``VmHWM``, reset before every call; weights included) on a CPU,
 ``torch.cuda.max_memory_allocated`` on a GPU, the largest over a variant's calls. MACs come from
-``atedm_kernels.flops`` on a meta twin (tomesd's: its merged token counts, counted the same way; neither method's
+``atedm_kernels.tools.flops`` on a meta twin (tomesd's: its merged token counts, counted the same way; neither method's
 own selection/matching matmuls are included).
 
     atedm bench --out unet_e2e.json                                              # GPU: full SD-XL, 1024 px, fp16
@@ -69,8 +69,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from . import flops, peers
-from .backends import BACKENDS, preference_for, resolve
-from .sdxl import AtEdmConfig, SiToConfig, apply, apply_sito, build_sdxl_unet, unet_inputs
+from ..backends import BACKENDS, preference_for, resolve
+from ..sdxl import AtEdmConfig, SiToConfig, apply, apply_sito
+from .models import build_sdxl_unet, unet_inputs
 
 ALWAYS_PRUNE_LESS = 2**30  # prune_less_steps so large that every call is a DSAP prune-less step
 PAPER_STEPS, PAPER_PRUNE_LESS_STEPS = 50, 15
@@ -96,7 +97,7 @@ def pruning_configs(backend: str) -> dict[str, AtEdmConfig | SiToConfig]:
 @contextlib.contextmanager
 def variant(unet, name: str, backend: str):
     """The U-Net patched as ``name`` for the duration of the block, restored afterwards; yields the pruning handle
-    (None for dense and tomesd; a :class:`~atedm_kernels.peers.PeerRun` for the peers)."""
+    (None for dense and tomesd; a :class:`~atedm_kernels.tools.peers.PeerRun` for the peers)."""
     if name in peers.PACKAGES:
         with peers.PeerRun(unet, name, backend, device=next(unet.parameters()).device) as run:
             yield run
@@ -521,7 +522,7 @@ def run(args: argparse.Namespace) -> dict:
         },
         "left_out": args.left_out,
         "load_average": {"before": load_before, "after": os.getloadavg()},
-        "macs_note": "multiply-accumulates per U-Net call (atedm_kernels.flops), batch included",
+        "macs_note": "multiply-accumulates per U-Net call (atedm_kernels.tools.flops), batch included",
         "rows": rows,
     }
 

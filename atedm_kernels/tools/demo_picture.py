@@ -8,11 +8,11 @@ dense at a step (DSAP's prune-less phase, or AT-EDM-dagger's second level) says 
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .demo import Trace
 
 CELL_IN = 0.95  # inches per cell
 LABEL_IN = 2.0  # inches of row labels on the left
@@ -20,6 +20,38 @@ COLORBAR_IN = 1.1
 TITLE_IN = 1.0
 CAPTION_IN = 1.15
 FADE = 0.72  # how far a pruned token's colour is blended towards white
+
+
+@dataclass
+class Selection:
+    """One pruning block's token selection at one step (0-based), for batch element 0."""
+
+    step: int
+    block: str
+    scores: torch.Tensor  # [N] G-WPR scores
+    kept: torch.Tensor  # [N] bool
+
+
+@dataclass
+class BlockInfo:
+    """A pruning block, for the picture's row labels (in U-Net order)."""
+
+    name: str
+    stage: str  # "down", "mid" or "up"
+    level: int  # 1: the latent's resolution; each level below halves it
+    index: int  # position within its stage at this level (0-based)
+    count: int  # blocks of its stage at this level
+    layers: int  # transformer layers
+    grid: tuple[int, int]  # token rows x columns
+
+
+@dataclass
+class Trace:
+    """What a traced AT-EDM run did: its blocks in U-Net order, each step's DSAP phase, every selection."""
+
+    blocks: list[BlockInfo]
+    phases: list[str]  # per step: "prune_less" or "normal"
+    selections: list[Selection]
 
 
 def _row_label(block) -> str:
@@ -40,25 +72,26 @@ def _score_range(trace: Trace) -> tuple[float, float]:
 
 def caption_text(keep_ratio: float) -> str:
     return (
-        "Random weights (nothing downloaded): this U-Net is untrained, so the maps show the mechanism, not what a "
-        "trained SD-XL attends to. Rows: the pruning blocks in U-Net order (down, mid, up). Columns: the denoising "
-        "steps. Colour: each token's G-WPR score x N (1 = an average token's share). Vivid tokens are "
-        f"kept (keep_ratio {keep_ratio}), faded ones pruned (their output is copied from their most similar kept "
-        "token). 'ran dense': the block did not prune at that step (DSAP's prune-less early steps leave the first "
-        "down and the last up block of a level dense). Look at how the kept set follows the high scores and how it "
-        "changes from step to step and from block to block."
+        "A trained model (the Fashion-MNIST denoiser of SD-XL's layout): the maps are learnt. Rows: the pruning "
+        "blocks in U-Net order (down, mid, up). Columns: the denoising steps. Colour: each token's G-WPR score x N "
+        f"(1 = an average token's share). Vivid tokens are kept (keep_ratio {keep_ratio}), faded ones pruned (their "
+        "output is copied from their most similar kept token). 'ran dense': the block did not prune at that step "
+        "(DSAP's prune-less early steps leave the first down and the last up block of a level dense). The last row: "
+        "the dense sample and the AT-EDM sample of the same seed."
     )
 
 
-def draw_selections(trace: Trace, path: Path, *, model: str, keep_ratio: float) -> Path:
-    """Save the picture of ``trace`` to ``path`` (PNG); returns ``path``."""
+def draw_selections(trace: Trace, path: Path, *, model: str, keep_ratio: float,
+                    samples: list[tuple[str, torch.Tensor]] = ()) -> Path:
+    """Save the picture of ``trace`` to ``path`` (PNG), with ``samples`` (label, ``[H, W]`` in [0, 1]) in a last
+    row; returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
 
-    rows, cols = len(trace.blocks), len(trace.phases)
+    rows, cols = len(trace.blocks) + bool(samples), len(trace.phases)
     by_key = {(s.block, s.step): s for s in trace.selections}
     norm = Normalize(*_score_range(trace), clip=True)
     cmap = plt.get_cmap("viridis")
@@ -88,6 +121,14 @@ def draw_selections(trace: Trace, path: Path, *, model: str, keep_ratio: float) 
                 ax.set_title(f"step {c + 1}" + ("\nprune-less" if phase == "prune_less" else ""), fontsize=9)
             if c == 0:
                 ax.set_ylabel(_row_label(block), rotation=0, ha="right", va="center", fontsize=8, labelpad=8)
+    for c, (label, image) in enumerate(samples):
+        ax = fig.add_subplot(grid[rows - 1, c])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xlabel(label, fontsize=8)
+        if c == 0:
+            ax.set_ylabel("samples,\nsame seed", rotation=0, ha="right", va="center", fontsize=8, labelpad=8)
     bar_ax = fig.add_axes((right + 0.25 / width, bottom, 0.18 / width, top - bottom))
     bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=bar_ax)
     bar.set_label("G-WPR score x N  (1 = average token; faded = pruned)", fontsize=9)

@@ -95,11 +95,11 @@ def accelerate(pipe, method: str, config):
     if method == "dense":
         return None
     if method == "atedm":
-        from .sdxl import apply
+        from ..sdxl import apply
 
         return apply(pipe, config)
     if method == "sito":
-        from .sdxl.sito_layer import apply_sito
+        from ..sdxl.sito_layer import apply_sito
 
         return apply_sito(pipe, config)
     raise ValueError(f"method must be 'dense', 'atedm' or 'sito', got {method!r}")

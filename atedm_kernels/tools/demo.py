@@ -1,11 +1,12 @@
-"""``atedm demo``: what AT-EDM does to SD-XL's U-Net, with random weights (nothing is downloaded).
+"""``atedm demo``: what AT-EDM selects on a trained model, and what it does to SD-XL's speed (nothing is
+downloaded).
 
 Two parts, each labelled as such in the output:
 
-1. **Picture** (cheap): a short Euler denoising loop with AT-EDM, recording every pruning block's G-WPR scores and
-   kept tokens at every step, drawn by :mod:`.demo_picture`. On a CPU it runs on the tiny SD-XL-architecture U-Net;
-   on a GPU on the timed model.
-2. **Speed**: the same denoising step(s) dense and with AT-EDM on the timed model, by default SD-XL base's full
+1. **Picture** (seconds, on the CPU): a short DDIM loop with AT-EDM on the trained Fashion-MNIST denoiser of SD-XL's
+   layout that ships with the package (:mod:`.tools.fashion`), recording every pruning block's G-WPR scores and kept
+   tokens at every step, drawn by :mod:`.demo_picture` beside the dense and AT-EDM samples of the same seed.
+2. **Speed**: denoising step(s) dense and with AT-EDM on the timed model (random weights), by default SD-XL base's full
    U-Net architecture (2.6 B parameters): on a CPU one step at 512x512 px in float32 (about 25 s dense on 2 cores),
    on a GPU 10 steps at 1024x1024 px in float16. Runs alternate (dense, AT-EDM, AT-EDM, dense, ...) so that a load
    change on a shared machine hits both alike. Before the long part, one step at a small warm-up size is timed and
@@ -27,7 +28,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .sdxl import AtEdmConfig, apply, build_sdxl_unet, sdxl_unet_config, tiny_unet_config, unet_inputs
+from ..sdxl import AtEdmConfig, apply
+
+from .demo_picture import BlockInfo, Selection, Trace, draw_selections
+from .models import sdxl_unet_config, tiny_unet_config, unet_inputs
 
 CFG_BATCH = 2  # one image with classifier-free guidance: the U-Net sees the conditional and unconditional halves
 POOL_SIZE = (1 << 24) - 3  # random values tiled into the weights; odd so that rows of a weight do not repeat
@@ -96,29 +100,6 @@ def build_random_unet(config: dict, device: torch.device, dtype: torch.dtype, se
     return unet
 
 
-@dataclass
-class Selection:
-    """One pruning block's token selection at one step (0-based), for batch element 0."""
-
-    step: int
-    block: str
-    scores: torch.Tensor  # [N] G-WPR scores
-    kept: torch.Tensor  # [N] bool
-
-
-@dataclass
-class BlockInfo:
-    """A pruning block, for the picture's row labels (in U-Net order)."""
-
-    name: str
-    stage: str  # "down", "mid" or "up"
-    level: int  # 1: the latent's resolution; each level below halves it
-    index: int  # position within its stage at this level (0-based)
-    count: int  # blocks of its stage at this level
-    layers: int  # transformer layers
-    grid: tuple[int, int]  # token rows x columns
-
-
 def level_grid(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
     """Token grid of a feature level: each level below the first halves the latent (stride-2, padded conv)."""
     rows, cols = latent_hw
@@ -150,40 +131,39 @@ def denoise(unet, inputs: dict, steps: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-@dataclass
-class Trace:
-    """What a traced AT-EDM run did: its blocks in U-Net order, each step's DSAP phase, every selection."""
+def trace_trained(steps: int, config: AtEdmConfig, seed: int, label: int) -> tuple[Trace, torch.Tensor, torch.Tensor]:
+    """AT-EDM on the trained Fashion-MNIST denoiser (SD-XL's layout, learnt attention maps): one image of class
+    ``label`` from ``seed``, ``steps`` DDIM steps with classifier-free guidance. Returns every selection of the
+    conditional batch element, and the dense and AT-EDM samples ``[32, 32]`` in [0, 1] of the same seed."""
+    from .fashion import model as fashion_model
+    from .fashion import quality
 
-    blocks: list[BlockInfo]
-    phases: list[str]  # per step: "prune_less" or "normal"
-    selections: list[Selection]
-
-
-def trace_selections(unet, inputs: dict, steps: int, config: AtEdmConfig, device: torch.device) -> Trace:
-    """Run ``steps`` denoising steps with AT-EDM, recording every selection of batch element 0."""
-    latent_hw = tuple(inputs["sample"].shape[-2:])
-    selections: list[Selection] = []
-    with apply(unet, config) as handle:
+    denoiser = fashion_model.load_denoiser()
+    labels = torch.tensor([label])
+    with apply(denoiser.unet, config) as handle:  # the blocks in U-Net order, for the rows
         counts: dict[tuple[str, int], int] = {}
         for block in handle.blocks:
             counts[(block.stage, block.level)] = counts.get((block.stage, block.level), 0) + 1
         seen: dict[tuple[str, int], int] = {}
         blocks = []
-        for block in handle.blocks:  # U-Net order: down, mid, up
+        for block in handle.blocks:
             key = (block.stage, block.level)
             seen[key] = seen.get(key, 0) + 1
+            grid = level_grid((fashion_model.unet_config()["sample_size"],) * 2, block.level)
             blocks.append(BlockInfo(block.name, block.stage, block.level, seen[key] - 1, counts[key],
-                                    len(block.transformer.transformer_blocks), level_grid(latent_hw, block.level)))
+                                    len(block.transformer.transformer_blocks), grid))
+    selections: list[Selection] = []
 
-        def record(block, scores, keep_idx):  # scores [B, N], keep_idx [B, K]
-            kept = torch.zeros(scores.shape[1], dtype=torch.bool)
-            kept[keep_idx[0].cpu()] = True
-            selections.append(Selection(handle.step, block.name, scores[0].float().cpu(), kept))
+    def record(block, scores, keep_idx, step):  # scores [2, N], keep_idx [2, K]: (unconditional, conditional)
+        kept = torch.zeros(scores.shape[1], dtype=torch.bool)
+        kept[keep_idx[1]] = True
+        selections.append(Selection(step, block.name, scores[1].float(), kept))
 
-        handle.observe(record)
-        denoise(unet, inputs, steps, device)
-        phases = [r.phase for r in handle.stats()]
-    return Trace(blocks, phases, selections)
+    dense = quality.sample(denoiser, quality.Method("dense", "dense", "reference"), labels, [seed], steps)
+    pruned = quality.sample(denoiser, quality.Method("atedm", "atedm", "atedm", config), labels, [seed], steps,
+                            observer=record)
+    phases = ["prune_less" if step < config.prune_less_count(steps) else "normal" for step in range(steps)]
+    return Trace(blocks, phases, selections), (dense[0, 0] + 1) / 2, (pruned[0, 0] + 1) / 2
 
 
 @dataclass
@@ -262,7 +242,6 @@ class DemoSettings:
     config: AtEdmConfig  # AT-EDM of the timed runs
     picture_steps: int
     picture_config: AtEdmConfig
-    picture_size: int
     device: torch.device
     out: Path
     warmup_size: int  # pixels of the warm-up step the estimate is scaled from
@@ -329,29 +308,27 @@ def _minutes(seconds: float) -> str:
 
 def run(settings: DemoSettings, echo: Callable[[str], None] = print) -> DemoResult:
     """Both parts of the demo, printing as it goes; returns the timings and the picture's path."""
-    from .demo_picture import draw_selections
 
     device, dtype = settings.device, (torch.float16 if settings.device.type == "cuda" else torch.float32)
     cfg = settings.unet_config or unet_config(settings.scale)
     model_name = ("SD-XL base's full U-Net architecture" if settings.scale == "full"
                   else "a tiny U-Net with SD-XL's block structure")
 
-    # Part 1: the picture, from the tiny model on a CPU (cheap), from the timed model on a GPU (after part 2).
-    def picture(unet, size: int, label: str) -> Path:
-        echo(f"[picture] {label}, random weights, {size}x{size} px, {settings.picture_steps} Euler steps with AT-EDM "
-             f"(keep_ratio {settings.picture_config.keep_ratio})")
-        inputs = unet_inputs(unet, CFG_BATCH, size, size, seed=settings.seed)
-        trace = trace_selections(unet, inputs, settings.picture_steps, settings.picture_config, device)
-        path = draw_selections(trace, settings.out / "atedm_masks.png", model=f"{label}, {size}x{size} px",
-                               keep_ratio=settings.picture_config.keep_ratio)
-        echo(f"[picture] wrote {path}: G-WPR scores and kept tokens of every pruning block at every step")
-        return path
+    # Part 1: the picture, from the trained Fashion-MNIST denoiser on the CPU (a few seconds).
+    label = settings.seed % 10
+    from .fashion.data import CLASSES
 
-    picture_path = None
-    if device.type == "cpu":
-        tiny = build_sdxl_unet("tiny", device=device, seed=settings.seed)
-        picture_path = picture(tiny, settings.picture_size, "tiny SD-XL-architecture U-Net")
-        del tiny
+    echo(f"[picture] the trained Fashion-MNIST denoiser of SD-XL's layout, class {CLASSES[label]!r}, seed "
+         f"{settings.seed}, {settings.picture_steps} DDIM steps with AT-EDM (keep_ratio "
+         f"{settings.picture_config.keep_ratio})")
+    trace, dense_image, atedm_image = trace_trained(settings.picture_steps, settings.picture_config, settings.seed,
+                                                    label)
+    picture_path = draw_selections(
+        trace, settings.out / "atedm_masks.png", model=f"trained Fashion-MNIST denoiser, class {CLASSES[label]!r}, "
+        "32x32 px", keep_ratio=settings.picture_config.keep_ratio,
+        samples=[("dense", dense_image), ("AT-EDM", atedm_image)])
+    echo(f"[picture] wrote {picture_path}: G-WPR scores and kept tokens of every pruning block at every step, "
+         "and the dense and AT-EDM samples of the same seed")
 
     # Part 2: the speed.
     order = run_order(settings.repeats)
@@ -402,8 +379,6 @@ def run(settings: DemoSettings, echo: Callable[[str], None] = print) -> DemoResu
                     atedm.label = atedm_label([r.phase for r in handle.stats()])
     finally:
         progress.close()
-    if picture_path is None:
-        picture_path = picture(unet, settings.size, model_name)
     return DemoResult(dense, atedm, picture_path, estimate, build_seconds)
 
 

@@ -1,4 +1,4 @@
-"""``atedm`` (also ``python -m atedm_kernels``): demo, generate, flops, bench and eval."""
+"""``atedm`` (also ``python -m atedm_kernels``): demo, generate, flops, bench, eval and quality."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .backends import BACKENDS
-from .reference.gwpr import GWPR_CROSS_KINDS
+from ..backends import BACKENDS
+from ..reference.gwpr import GWPR_CROSS_KINDS
 from .generate import ModelNotAvailableError
 
 # What each command imports beyond the base install (torch, numpy, tqdm, pillow); the ``cli`` extra installs it all.
@@ -22,6 +22,7 @@ NEEDS = {
     "flops": ("diffusers",),
     "bench": ("diffusers",),
     "eval": ("diffusers", "transformers", "accelerate", "torchmetrics", "scipy"),
+    "quality": ("diffusers", "safetensors", "matplotlib"),  # a peer whose package is missing is skipped
 }
 INSTALL_CLI = 'pip install "atedm-kernels[cli]"'
 
@@ -63,7 +64,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from .sdxl import AtEdmConfig
+    from ..sdxl import AtEdmConfig
 
     return AtEdmConfig(  # no --prune-less-steps: the config's prune_less_fraction (the paper's 15 of 50 steps)
         keep_ratio=args.keep_ratio,
@@ -77,7 +78,7 @@ def _config(args: argparse.Namespace):
 
 
 def _sito_config(args: argparse.Namespace):
-    from .sdxl.sito_layer import SiToConfig
+    from ..sdxl.sito_layer import SiToConfig
 
     return SiToConfig(prune_ratio=args.sito_prune_ratio)
 
@@ -127,8 +128,7 @@ def _demo_settings(args: argparse.Namespace):
     cpu_full = device.type != "cuda" and args.scale == "full"
     size = args.size or (256 if args.scale == "tiny" else 512 if cpu_full else 1024)
     steps = args.steps or (1 if cpu_full else 10)
-    for flag, value, low in (("--size", size, 64), ("--picture-size", args.picture_size, 64),
-                             ("--steps", steps, 1), ("--picture-steps", args.picture_steps, 1),
+    for flag, value, low in (("--size", size, 64), ("--steps", steps, 1), ("--picture-steps", args.picture_steps, 1),
                              ("--repeats", args.repeats or 1, 1)):
         if value < low or (flag.endswith("size") and value % 32):
             rule = "a multiple of 32, at least 64" if flag.endswith("size") else f"at least {low}"
@@ -136,7 +136,7 @@ def _demo_settings(args: argparse.Namespace):
     return DemoSettings(
         scale=args.scale, size=size, steps=steps, repeats=args.repeats or (2 if cpu_full else 1),
         config=_config(args), picture_steps=args.picture_steps,
-        picture_config=_config(args), picture_size=args.picture_size, device=device,
+        picture_config=_config(args), device=device,
         out=Path(args.out), warmup_size=128 if cpu_full else size, seed=args.seed,
     )
 
@@ -147,7 +147,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = _demo_settings(args)
     check_memory(settings)
     start = time.perf_counter()
-    print("atedm demo: AT-EDM on U-Nets of SD-XL's architecture with random weights (nothing is downloaded)",
+    print("atedm demo: AT-EDM's selection on a trained model, and its speed on SD-XL's U-Net architecture with "
+          "random weights (nothing is downloaded)",
           flush=True)
     result = run(settings, echo=lambda line: print(line, flush=True))
     print(speed_table(result))
@@ -196,7 +197,7 @@ def _flops_table(dense, normal) -> str:
 
 def cmd_flops(args: argparse.Namespace) -> int:
     from .flops import count_unet_macs
-    from .sdxl import build_sdxl_unet
+    from .models import build_sdxl_unet
 
     meta = build_sdxl_unet(args.scale, device="meta")
     config = _config(args)
@@ -266,10 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
-        "demo", help="dense vs AT-EDM on random-weight SD-XL U-Nets, no download",
-        description="Part 1 (picture): a short AT-EDM denoising loop whose G-WPR scores and kept tokens, for every "
-        "pruning block at every step, are drawn to OUT/atedm_masks.png (tiny U-Net on a CPU). Part 2 (speed): the "
-        "same step(s) dense and with AT-EDM on SD-XL base's full U-Net architecture with random weights: on a CPU "
+        "demo", help="AT-EDM's selection on a trained model, and dense vs AT-EDM speed on SD-XL, no download",
+        description="Part 1 (picture): a short AT-EDM DDIM loop on the trained Fashion-MNIST denoiser of SD-XL's "
+        "layout (ships with the package; on the CPU, seconds) whose G-WPR scores and kept tokens, for every pruning "
+        "block at every step, are drawn to OUT/atedm_masks.png beside the dense and AT-EDM samples of the same "
+        "seed (class = seed mod 10). Part 2 (speed): denoising step(s) dense and with AT-EDM on SD-XL base's full U-Net architecture with random weights: on a CPU "
         "1 step at 512 px in float32 (about 2 minutes on 2 cores, 11 GB of memory), on a GPU 10 steps at 1024 px "
         "in float16. --scale tiny times the tiny U-Net instead (seconds).")
     demo.add_argument("--scale", choices=["full", "tiny"], default="full",
@@ -282,8 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--repeats", type=int, default=None,
                       help="timed runs of each variant, alternating (default: 2 full on CPU, else 1)")
     demo.add_argument("--picture-steps", type=int, default=10, help="denoising steps drawn (default 10)")
-    demo.add_argument("--picture-size", type=int, default=256,
-                      help="image side of the tiny picture run on a CPU (default 256)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     demo.add_argument("--out", default="atedm_demo", help="output folder for the picture (default atedm_demo)")
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     flops.set_defaults(func=cmd_flops)
 
     sub.add_parser("bench", help="end-to-end U-Net benchmark (arguments after 'bench' go to it)", add_help=False,
-                   description="Runs atedm_kernels.unet_bench; 'atedm bench --help' shows its options.")
+                   description="Runs atedm_kernels.tools.unet_bench; 'atedm bench --help' shows its options.")
 
     ev = sub.add_parser("eval", help="FID and CLIP score of accelerated vs dense generation",
                         description="Generates a caption list dense and accelerated (resumable, data-parallel "
@@ -323,7 +323,39 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reference-images", default=None, help="real images for FID (default: the dense images)")
     _add_generation_flags(ev, 1024)
     ev.set_defaults(func=cmd_eval)
+
+    qual = sub.add_parser("quality", help="quality of every method on the trained Fashion-MNIST denoiser",
+                          description="Samples the trained class-conditional denoiser of SD-XL's layout (shipped "
+                          "with the package) with dense, AT-EDM's variants, the paper's ablations and the peers, "
+                          "the same seeds and classes for each, and reports MACs per step, FID, class accuracy and "
+                          "fidelity to dense (JSON and PNGs in --out). No data set needed.")
+    qual.add_argument("--samples", type=int, default=120, help="samples per method (default 120)")
+    qual.add_argument("--batch", type=int, default=120, help="samples per sampling run (default 120)")
+    qual.add_argument("--methods", nargs="+", default=None, help="only these methods (dense always runs)")
+    qual.add_argument("--no-sweep", action="store_true", help="skip the keep-ratio sweeps")
+    qual.add_argument("--steps", type=int, default=25, help="DDIM steps per sample (default 25)")
+    qual.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
+    qual.add_argument("--out", default="atedm_quality", help="output folder (default atedm_quality)")
+    qual.set_defaults(func=cmd_quality)
     return parser
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    from .fashion import quality
+
+    for name in ("samples", "batch", "threads", "steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    known = [m.name for m in quality.methods()]
+    unknown = [name for name in args.methods or () if name not in known]
+    if unknown:
+        raise ValueError(f"--methods: unknown method {unknown[0]!r}; known: {', '.join(known)}")
+    torch.set_num_threads(args.threads)
+    print(f"atedm quality: {args.samples} samples per method on the trained Fashion-MNIST denoiser", flush=True)
+    report = quality.run(args.samples, args.batch, sweep=not args.no_sweep, names=args.methods, steps=args.steps,
+                         log=lambda line: print(line, flush=True))
+    quality.write(report, Path(args.out), log=print)
+    return 0
 
 
 def _fail(command: str, message: str) -> int:

@@ -1,4 +1,4 @@
-"""Multiply-accumulate (MAC) counts of a diffusion U-Net forward, dense or under AT-EDM (SPEC.md section 6).
+"""Multiply-accumulate (MAC) counts of a diffusion U-Net forward, dense or under AT-EDM.
 
 What is counted, per U-Net call (one denoising step of a classifier-free-guidance batch ``B``; SD-XL's paper
 figures use ``B = 2``), in multiply-accumulates, exactly as the paper's "TFLOPs" are counted:
@@ -14,7 +14,7 @@ Not counted (as in the paper, which counts matrix products only): norms, activat
 interpolation, and AT-EDM's own bookkeeping: G-WPR (``num_iters * B * N^2`` MACs of matrix-vector products, about
 3.4e8 per 4096-token block at 10 iterations, under 1e-3 of a step in all), top-k, similarity sources, gather and
 recovery; likewise tomesd's matching. The fused kernel's second pass that recomputes ``q k^T`` for the map is an
-implementation cost (SPEC section 4), not part of the model's count.
+implementation cost (the ops' own work, timed by the benchmarks), not part of the model's count.
 
 How: one forward of the model on the ``meta`` device (shapes only, no memory, about a second for SD-XL) with
 forward hooks on every ``nn.Linear``, ``nn.Conv2d`` and ``Attention`` module; a model on another device is counted
@@ -29,7 +29,7 @@ Schedule phases: ``"normal"`` (every block prunes, except the second level under
 ``(s * prune_less + (num_steps - s) * normal) / num_steps`` with ``s = config.prune_less_count(num_steps)`` (15 of
 50 with the default ``prune_less_fraction=0.3``).
 
-Reconciliation with the paper (SD-XL base, 1024x1024, ``B = 2``; ``python -m atedm_kernels.flops``):
+Reconciliation with the paper (SD-XL base, 1024x1024, ``B = 2``; ``python -m atedm_kernels.tools.flops``):
 
 ===============================  ============  ========================  ==========
                                  this count    paper's THOP convention   paper
@@ -62,6 +62,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from .._validation import check_bool, check_choice, check_int
 
 PHASES = ("normal", "prune_less", "average")
 TEXT_TOKENS = 77  # L: CLIP's padded prompt length, the key length of every cross-attention
@@ -150,17 +152,12 @@ def _unit_names(model: nn.Module) -> dict[nn.Module, str]:
     return units
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def _check_size(height, width, batch) -> None:
     for name, value in (("height", height), ("width", width)):
-        _check_int(name, value, VAE_SCALE)
+        check_int(name, value, VAE_SCALE)
         if value % VAE_SCALE:
             raise ValueError(f"{name} must be a multiple of {VAE_SCALE} pixels (the VAE's scale), got {value}")
-    _check_int("batch", batch, 1)
+    check_int("batch", batch, 1)
 
 
 def _step_inputs(unet: nn.Module, batch: int, height: int, width: int, timestep=999.0) -> dict:
@@ -182,51 +179,51 @@ def _step_inputs(unet: nn.Module, batch: int, height: int, width: int, timestep=
     return inputs
 
 
-def count_forward_macs(unet: nn.Module, height: int, width: int, batch: int = 2, label: str = "",
-                       timestep=999.0) -> MacsReport:
-    """MACs of one forward of ``unet`` exactly as it stands (patches such as tomesd's, DeepCache's and T-GATE's
-    included: an ``Attention`` whose output a patch reuses from a cache, running neither projection, counts 0).
+class MacCounter:
+    """Counts the MACs of every forward of ``unet`` made while it is entered, patches (tomesd's, DeepCache's,
+    T-GATE's, the pruning layers') included: ``with MacCounter(unet) as counter: <calls>``, then
+    ``counter.report(label)`` sums them. An ``Attention`` whose output a patch reuses from a cache, running neither
+    projection, counts 0; attention matmuls are counted from the rows its projections really see (B*N queries into
+    ``to_q``, B*M keys into ``to_k``), so methods that shrink the tokens inside the processor (SiTo) or before the
+    module (tomesd) count right."""
 
-    The forward runs on the model's own device, so pass a ``meta`` model unless it is small. Zero-filled inputs
-    (random values do not change a MAC count); ``timestep`` is the call's timestep argument (a schedule entry for
-    methods that follow the run's steps).
-    """
-    _check_size(height, width, batch)
-    from diffusers.models.attention_processor import Attention
+    def __init__(self, unet: nn.Module) -> None:
+        from diffusers.models.attention_processor import Attention
 
-    units = _unit_names(unet)
-    blocks: dict[str, int] = defaultdict(int)
-    kinds = dict.fromkeys(KINDS, 0)
-    linears: dict[LinearKind, int] = defaultdict(int)  # calls per kind
+        self.unet = unet
+        self._attention_class = Attention
+        self._units = _unit_names(unet)
+        self.blocks: dict[str, int] = defaultdict(int)
+        self.kinds = dict.fromkeys(KINDS, 0)
+        self.linears: dict[LinearKind, int] = defaultdict(int)  # calls per kind
+        self._projections = {}  # to_q / to_k module -> (its Attention, "q" or "k")
+        self._rows_seen: dict[nn.Module, dict[str, int]] = {}
+        self._hooks = []
 
-    def add(module: nn.Module, kind: str, macs: int) -> None:
-        blocks[units[module]] += macs
-        kinds[kind] += macs
+    def _add(self, module: nn.Module, kind: str, macs: int) -> None:
+        self.blocks[self._units[module]] += macs
+        self.kinds[kind] += macs
 
-    # Attention matmuls are counted from the rows its projections really see (B*N queries into to_q, B*M keys into
-    # to_k), so methods that shrink the tokens inside the processor (SiTo) or before the module (tomesd) count right.
-    projections = {}  # to_q / to_k module -> (its Attention, "q" or "k")
-    rows_seen: dict[nn.Module, dict[str, int]] = {}
-
-    def on_linear(module: nn.Linear, args, out: torch.Tensor) -> None:
+    def _on_linear(self, module: nn.Linear, args, out: torch.Tensor) -> None:
         rows = args[0].numel() // module.in_features  # [..., in] -> T rows
-        add(module, "linear", rows * module.in_features * module.out_features)
-        linears[rows, module.in_features, module.out_features, module.bias is not None] += 1
-        if module in projections:
-            attention, role = projections[module]
-            rows_seen[attention][role] = rows
+        self._add(module, "linear", rows * module.in_features * module.out_features)
+        self.linears[rows, module.in_features, module.out_features, module.bias is not None] += 1
+        if module in self._projections:
+            attention, role = self._projections[module]
+            self._rows_seen[attention][role] = rows
 
-    def on_conv(module: nn.Conv2d, args, out: torch.Tensor) -> None:
+    def _on_conv(self, module: nn.Conv2d, args, out: torch.Tensor) -> None:
         kh, kw = module.kernel_size
-        add(module, "conv", out.numel() * module.in_channels // module.groups * kh * kw)
+        self._add(module, "conv", out.numel() * module.in_channels // module.groups * kh * kw)
 
-    def on_attention_start(module, args, kwargs) -> None:
+    def _on_attention_start(self, module, args, kwargs) -> None:
         context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)  # [B, M, C'] or None
         hidden = args[0] if args else kwargs["hidden_states"]  # [B, N, C] (or [B, C, H, W])
-        rows_seen[module] = {"batch": hidden.shape[0], "kind": "self_attention" if context is None else "cross_attention"}
+        kind = "self_attention" if context is None else "cross_attention"
+        self._rows_seen[module] = {"batch": hidden.shape[0], "kind": kind}
 
-    def on_attention_end(module, args, out) -> None:
-        seen = rows_seen.pop(module)
+    def _on_attention_end(self, module, args, out) -> None:
+        seen = self._rows_seen.pop(module)
         if "q" not in seen and "k" not in seen and not getattr(module, "fused_projections", False):
             return  # its output came from a cache (T-GATE's reuse): no projection, no matmul ran
         if "q" not in seen or "k" not in seen:
@@ -236,26 +233,45 @@ def count_forward_macs(unet: nn.Module, height: int, width: int, batch: int = 2,
             )
         keys = seen["k"] // seen["batch"]  # per batch element: every query meets the M keys of its own element
         width_qk, width_v = module.to_q.out_features, module.to_v.out_features
-        add(module, seen["kind"], seen["q"] * keys * (width_qk + width_v))  # q k^T + P v
+        self._add(module, seen["kind"], seen["q"] * keys * (width_qk + width_v))  # q k^T + P v
 
-    hooks = []
-    try:
-        for module in units:
+    def __enter__(self) -> "MacCounter":
+        for module in self._units:
             if isinstance(module, nn.Linear):
-                hooks.append(module.register_forward_hook(on_linear))
+                self._hooks.append(module.register_forward_hook(self._on_linear))
             elif isinstance(module, nn.Conv2d):
-                hooks.append(module.register_forward_hook(on_conv))
-            elif isinstance(module, Attention):
-                projections[module.to_q], projections[module.to_k] = (module, "q"), (module, "k")
-                hooks.append(module.register_forward_pre_hook(on_attention_start, with_kwargs=True))
-                hooks.append(module.register_forward_hook(on_attention_end))
-        inputs = _step_inputs(unet, batch, height, width, timestep)
-        with torch.no_grad():  # sample and timestep positional, as pipelines pass them (tomesd's hook needs it)
-            unet(inputs.pop("sample"), inputs.pop("timestep"), **inputs)
-    finally:
-        for hook in hooks:
+                self._hooks.append(module.register_forward_hook(self._on_conv))
+            elif isinstance(module, self._attention_class):
+                self._projections[module.to_q], self._projections[module.to_k] = (module, "q"), (module, "k")
+                self._hooks.append(module.register_forward_pre_hook(self._on_attention_start, with_kwargs=True))
+                self._hooks.append(module.register_forward_hook(self._on_attention_end))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
             hook.remove()
-    return MacsReport(sum(kinds.values()), dict(blocks), kinds, label=label, linears=dict(linears))
+        self._hooks.clear()
+
+    def report(self, label: str = "") -> MacsReport:
+        """Everything counted so far, as one report."""
+        return MacsReport(sum(self.kinds.values()), dict(self.blocks), dict(self.kinds), label=label,
+                          linears=dict(self.linears))
+
+
+def count_forward_macs(unet: nn.Module, height: int, width: int, batch: int = 2, label: str = "",
+                       timestep=999.0) -> MacsReport:
+    """MACs of one forward of ``unet`` exactly as it stands (see :class:`MacCounter`).
+
+    The forward runs on the model's own device, so pass a ``meta`` model unless it is small. Zero-filled inputs
+    (random values do not change a MAC count); ``timestep`` is the call's timestep argument (a schedule entry for
+    methods that follow the run's steps).
+    """
+    _check_size(height, width, batch)
+    inputs = _step_inputs(unet, batch, height, width, timestep)
+    with MacCounter(unet) as counter, torch.no_grad():
+        # sample and timestep positional, as pipelines pass them (tomesd's hook needs it)
+        unet(inputs.pop("sample"), inputs.pop("timestep"), **inputs)
+    return counter.report(label)
 
 
 def _meta_twin(unet: nn.Module) -> nn.Module:
@@ -269,7 +285,7 @@ def _meta_twin(unet: nn.Module) -> nn.Module:
 def _count_phase(unet: nn.Module, height: int, width: int, batch: int, config, phase: str, label: str) -> MacsReport:
     """One pruned U-Net call (AT-EDM or SiTo, by ``config``'s type) with every pruning unit forced to what
     ``phase`` prescribes."""
-    from .sdxl import AtEdmConfig, apply, apply_sito
+    from ..sdxl import AtEdmConfig, apply, apply_sito
 
     method = apply if isinstance(config, AtEdmConfig) else apply_sito
     handle = method(unet, dataclasses.replace(config, backend="reference"))
@@ -322,14 +338,12 @@ def count_unet_macs(
         a :class:`MacsReport`; ``report.total`` is the MAC count (SD-XL, 1024 px, batch 2: 6.76e12 dense,
         4.04e12 AT-EDM normal).
     """
-    from .sdxl import AtEdmConfig, SiToConfig
+    from ..sdxl import AtEdmConfig, SiToConfig
 
     _check_size(height, width, batch)
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-    _check_int("num_steps", num_steps, 1)
-    if not isinstance(on_meta, bool):
-        raise ValueError(f"on_meta must be a bool, got {on_meta!r}")
+    check_choice("phase", phase, PHASES)
+    check_int("num_steps", num_steps, 1)
+    check_bool("on_meta", on_meta)
     if config is not None and not isinstance(config, (AtEdmConfig, SiToConfig)):
         raise TypeError(f"config must be an AtEdmConfig, a SiToConfig or None, got {type(config).__name__}")
     unet = getattr(unet, "unet", unet)
@@ -359,7 +373,7 @@ def count_unet_macs(
 def count_run_macs(unet: nn.Module, name: str, height: int, width: int, batch: int = 2,
                    on_meta: bool = True) -> tuple[int, list[dict]]:
     """Mean MACs per step of a peer method's whole run (``name``: "deepcache", "tgate" or "atedm+deepcache", at
-    the authors' settings and step counts of :mod:`atedm_kernels.peers`) and its calls.
+    the authors' settings and step counts of :mod:`atedm_kernels.tools.peers`) and its calls.
 
     One call of each kind of step is counted, in step order on one run (so caches are filled as in the run), and
     weighted by how many of the run's steps are of its kind. ``batch`` is the CFG batch; T-GATE's calls after its
@@ -384,7 +398,8 @@ def count_run_macs(unet: nn.Module, name: str, height: int, width: int, batch: i
 
 def main() -> None:
     """Print the SD-XL base counts at 1024x1024, batch 2 (dense, AT-EDM phases, AT-EDM-dagger)."""
-    from .sdxl import AtEdmConfig, build_sdxl_unet
+    from ..sdxl import AtEdmConfig
+    from .models import build_sdxl_unet
 
     unet = build_sdxl_unet("full", device="meta")
     dense = count_unet_macs(unet, 1024, 1024)

@@ -1,5 +1,5 @@
-"""DeepCache and T-GATE, the peer methods of SPEC section 7, at their authors' SD-XL settings, on a bare U-Net, and
-AT-EDM stacked on DeepCache.
+"""DeepCache and T-GATE, the peer methods the benchmarks and the quality run compare with, at their authors' SD-XL
+settings, on a bare U-Net, and AT-EDM stacked on DeepCache.
 
 Both peers make the cost of a U-Net call depend on the step, so a method here is a *run*: its steps fall into a few
 kinds (DeepCache: a full call or a cached one; T-GATE: its attention-caching flags and the CFG batch), and the mean
@@ -114,27 +114,30 @@ class Call:
 
 class PeerRun:
     """A peer method (``"deepcache"``, ``"tgate"``, ``"atedm+deepcache"``) installed on ``unet`` for one run of
-    its authors' step count, driven call by call; a context manager that removes it on exit.
+    its authors' step count (or of ``scheduler``'s timesteps, for a caller's own loop), driven call by call; a
+    context manager that removes it on exit.
 
     ``timestep(step)`` is the U-Net's timestep argument for a step (an entry of a real schedule tensor, as a
     pipeline passes it, on ``device``), ``prepare(step)`` must run before that call (T-GATE's flags), ``calls()``
     is one call of every kind of step, in step order, weighted so that their weighted sum is the run's mean step.
     """
 
-    def __init__(self, unet: nn.Module, name: str, backend: str = "auto", device=None) -> None:
+    def __init__(self, unet: nn.Module, name: str, backend: str = "auto", device=None, scheduler=None) -> None:
         if name not in PACKAGES:
             raise ValueError(f"name must be one of {tuple(PACKAGES)}, got {name!r}")
-        from diffusers import EulerDiscreteScheduler  # SD-XL base's scheduler
-
         self.unet, self.name, self.backend = unet, name, backend
-        self.num_steps = NUM_STEPS[name]
-        self.scheduler = EulerDiscreteScheduler()
-        self.scheduler.set_timesteps(self.num_steps, device=device)  # timesteps [num_steps] (default: the CPU)
+        if scheduler is None:  # SD-XL base's scheduler over the authors' step count
+            from diffusers import EulerDiscreteScheduler
+
+            scheduler = EulerDiscreteScheduler()
+            scheduler.set_timesteps(NUM_STEPS[name], device=device)  # timesteps [num_steps] (default: the CPU)
+        self.scheduler = scheduler  # a caller's, with its timesteps set: its own sampling loop drives the calls
+        self.num_steps = len(scheduler.timesteps)
         self.handle = None  # AT-EDM's, for "atedm+deepcache"
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> PeerRun:
-        from .sdxl import AtEdmConfig, apply
+        from ..sdxl import AtEdmConfig, apply
 
         try:
             if self.name == "atedm+deepcache":
