@@ -174,10 +174,11 @@ def test_unet_e2e_graph_capture_path_needs_no_host_read_of_the_timestep(monkeypa
     from atedm_kernels.tools.models import build_sdxl_unet, unet_inputs
 
     stream = types.SimpleNamespace(wait_stream=lambda other: None)
-    fake_cuda = types.SimpleNamespace(
-        Stream=lambda device: stream, current_stream=lambda device: stream, stream=lambda s: contextlib.nullcontext(),
-        CUDAGraph=lambda: types.SimpleNamespace(replay=lambda: None), graph=lambda g: contextlib.nullcontext())
-    monkeypatch.setattr(unet_bench.torch, "cuda", fake_cuda)
+    fakes = {"Stream": lambda device: stream, "current_stream": lambda device: stream,
+             "stream": lambda s: contextlib.nullcontext(), "graph": lambda g: contextlib.nullcontext(),
+             "CUDAGraph": lambda: types.SimpleNamespace(replay=lambda: None)}
+    for name, fake in fakes.items():  # the graph API only: the rest of torch.cuda stays real
+        monkeypatch.setattr(torch.cuda, name, fake)
     monkeypatch.setattr(unet_bench, "timed_call", lambda fn, device: (fn(), 1.0)[1])
 
     def no_host_read(self, timestep):

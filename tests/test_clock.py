@@ -73,7 +73,8 @@ def test_prune_less_count_is_the_ceiling_of_the_fraction(num_steps, early):
     assert SiToConfig(prune_less_steps=2).prune_less_count(num_steps) == min(2, num_steps)
 
 
-@pytest.mark.parametrize("value", [-0.1, 1.5, "0.3", True, float("nan")])
-def test_prune_less_fraction_is_checked(value):
-    with pytest.raises(ValueError, match="prune_less_fraction"):
+@pytest.mark.parametrize("value,error", [(-0.1, ValueError), (1.5, ValueError), ("0.3", TypeError),
+                                         (True, TypeError), (float("nan"), ValueError)])
+def test_prune_less_fraction_is_checked(value, error):
+    with pytest.raises(error, match="prune_less_fraction"):
         AtEdmConfig(prune_less_fraction=value)
