@@ -24,7 +24,7 @@ FADE = 0.72  # how far a pruned token's colour is blended towards white
 
 @dataclass
 class Selection:
-    """One pruning block's token selection at one step (0-based), for batch element 0."""
+    """One pruning block's token selection at one step (0-based), for the traced batch element."""
 
     step: int
     block: str
@@ -132,8 +132,8 @@ def draw_selections(trace: Trace, path: Path, *, model: str, keep_ratio: float,
     bar_ax = fig.add_axes((right + 0.25 / width, bottom, 0.18 / width, top - bottom))
     bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=bar_ax)
     bar.set_label("G-WPR score x N  (1 = average token; faded = pruned)", fontsize=9)
-    fig.suptitle(f"AT-EDM token selection at every step\n{model}, batch element 0", fontsize=11,
-                 y=1 - 0.12 / height)
+    fig.suptitle(f"AT-EDM token selection at every step\n{model}, the class-conditional half of the CFG batch",
+                 fontsize=11, y=1 - 0.12 / height)
     chars = max(60, int(width * 15))  # about 15 characters of 8-pt text per inch
     fig.text(0.012, 0.1 / height, textwrap.fill(caption_text(keep_ratio), chars), fontsize=8, va="bottom")
     path.parent.mkdir(parents=True, exist_ok=True)
