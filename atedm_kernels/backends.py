@@ -200,6 +200,12 @@ def preference_for(op: str, backend: str) -> str:
     return backend if backend in ("auto", "reference") or backend in OP_KERNELS[op] else "auto"
 
 
+def family_for(op: str, preference: str, device: torch.device) -> str:
+    """The kernel family that runs ``op`` on ``device`` under a model-wide ``preference`` (:func:`preference_for`
+    then :func:`resolve`): what a pruning layer reports in its step records."""
+    return resolve(op, preference_for(op, preference), device)
+
+
 def resolve(op: str, backend: str, device: torch.device) -> str:
     """The backend that runs ``op`` for tensors on ``device``: "reference", "triton", "cuda" or "cpu".
 

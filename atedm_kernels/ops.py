@@ -91,13 +91,7 @@ def _check_attention(op, q, k, v, scale, backend) -> float:
         )
     if scale is None:
         return head_dim**-0.5
-    if isinstance(scale, (torch.SymInt, torch.SymFloat)):  # torch.compile(dynamic=True): guard on the sign only
-        if scale <= 0:
-            raise ValueError(f"scale must be a finite float > 0 or None (D**-0.5), got {scale!r}")
-        return scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a finite float > 0 or None (D**-0.5), got {scale!r}")
-    return float(scale)
+    return check_float("scale", scale, 0.0, math.inf, open_low=True)  # symbolic under torch.compile(dynamic=True)
 
 
 def _map_dtype(map_dtype) -> torch.dtype:

@@ -10,7 +10,7 @@ Methods, all on ``q, k, v [B, H, N, D]`` contiguous, timed side by side in one r
   for every head in the input dtype, the mean over heads, then ``P v``.
 
 Shapes: SD-XL's self-attention at its two attention levels and its cross-attention (M = 77 text tokens) at both.
-Each method's median time comes from ``roofline.median_ms`` (``triton.testing.do_bench``: L2 flushed before every
+Each method's median time comes from ``atedm_kernels.tools.roofline.median_ms`` (``triton.testing.do_bench``: L2 flushed before every
 run; random normal inputs). The report also records the autotuner's pick per shape.
 
 TFLOP/s counts the matrix FLOPs each method executes: ``4*B*H*N*M*D`` for attention, plus
@@ -23,7 +23,7 @@ matmul measured in the same run (8192^3), ``x sdpa`` is the time ratio to ``sdpa
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
 import statistics
 import sys
@@ -110,7 +110,7 @@ def run(dtype_names, map_dtype, warmup: int, rep: int, shapes=SHAPES, device: st
     bf16 matmul rate the TFLOP/s are set against."""
     import triton
 
-    from roofline import measure_ceilings, median_ms  # a sibling script (run from benchmarks/ or benchmark_kernels)
+    from atedm_kernels.tools.roofline import measure_ceilings, median_ms
 
     if ceiling_tflops is None:  # only the matmul rate is needed here: a token copy
         ceiling_tflops = measure_ceilings(device, copy_bytes=1 << 20, warmup_ms=warmup,
@@ -179,16 +179,23 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=100, help="do_bench warm-up time per method, ms")
     parser.add_argument("--rep", type=int, default=500, help="do_bench measuring time per method, ms")
     parser.add_argument("--out", help="write the report (raw timings included) to this JSON file")
+    parser.add_argument("--ceiling-tflops", type=float, default=None,
+                        help="the bf16 matmul rate to rate against (default: measured here)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a check that the script runs, not a measurement: tiny shapes on the CPU")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("benchmark_attention_with_map: no CUDA device; this benchmark needs a GPU.", file=sys.stderr)
+    if args.tiny:  # before Triton is first imported: on a CPU its kernels run in the interpreter
+        os.environ["TRITON_INTERPRET"] = "1"
+    elif not torch.cuda.is_available():
+        print("benchmark_attention_with_map: no CUDA device; this benchmark needs a GPU (--tiny: a CPU check).",
+              file=sys.stderr)
         return 2
-    report = run(args.dtypes, MAP_DTYPES[args.map_dtype], args.warmup, args.rep)
+    from atedm_kernels.tools.roofline import write_report
+
+    shapes, device = (TINY_SHAPES, "cpu") if args.tiny else (SHAPES, "cuda")
+    report = run(args.dtypes, MAP_DTYPES[args.map_dtype], args.warmup, args.rep, shapes, device, args.ceiling_tflops)
     print_table(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.out}")
+    write_report(report, args.out)
     return 0
 
 

@@ -2,12 +2,14 @@
 
 Runs, on one GPU:
 
-1. ``roofline.measure_ceilings``: device-copy bandwidth (GB/s) and bf16 matmul rate (TFLOP/s);
-2. ``benchmark_attention_with_map.run``: the fused attention (with and without the map), SDPA flash and the eager
+1. ``atedm_kernels.tools.roofline.measure_ceilings``: device-copy bandwidth (GB/s) and bf16 matmul rate (TFLOP/s);
+2. ``benchmark_attention_with_map.py``: the fused attention (with and without the map), SDPA flash and the eager
    map, at SD-XL's self- and cross-attention shapes; rated in TFLOP/s against the matmul ceiling; the autotuner's
    pick per shape in the raw report;
-3. ``benchmark_pruning_kernels.py`` (as a subprocess with ``--out``; it has no importable entry point): the CUDA
-   pruning-path kernels at the same levels; rated in GB/s against the copy ceiling.
+3. ``benchmark_pruning_kernels.py``: the CUDA pruning-path kernels at the same levels; rated in GB/s against the copy
+   ceiling.
+
+Each script runs as a subprocess with ``--out`` (the benchmarks are scripts, not a package: none imports another).
 
 Every row: the median time, the achieved rate and its fraction of the matching ceiling (the scripts' own
 fractions, against ceilings they measure separately, stay in their raw reports). A script that fails is recorded
@@ -33,13 +35,21 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
+def run_script(name: str, warmup_ms: int, rep_ms: int, tiny: bool, *extra: str) -> dict:
+    """The JSON report of ``benchmarks/<name>.py``, run as a subprocess with ``--out``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report.json"
+        cmd = [sys.executable, str(HERE / f"{name}.py"), "--out", str(out), "--warmup", str(warmup_ms),
+               "--rep", str(rep_ms), *(["--tiny"] if tiny else []), *extra]
+        subprocess.run(cmd, check=True)
+        return json.loads(out.read_text())
+
+
 def attention_rows(ceilings: dict, warmup_ms: int, rep_ms: int, tiny: bool) -> tuple[list[dict], dict]:
     """Fused-attention rows (TFLOP/s vs the matmul ceiling) and the script's raw report."""
-    import benchmark_attention_with_map as attention
-
     peak = ceilings["bf16_matmul"]["tflops"]
-    shapes, device = (attention.TINY_SHAPES, "cpu") if tiny else (attention.SHAPES, "cuda")
-    report = attention.run(["fp16", "bf16"], torch.float16, warmup_ms, rep_ms, shapes, device, peak)
+    report = run_script("benchmark_attention_with_map", warmup_ms, rep_ms, tiny, "--dtypes", "fp16", "bf16",
+                        "--ceiling-tflops", repr(peak))
     rows = [
         {
             "benchmark": "attention_with_map",
@@ -57,12 +67,7 @@ def attention_rows(ceilings: dict, warmup_ms: int, rep_ms: int, tiny: bool) -> t
 
 def pruning_rows(ceilings: dict, warmup_ms: int, rep_ms: int, tiny: bool) -> tuple[list[dict], dict]:
     """Pruning-kernel rows (GB/s vs the copy ceiling) and the script's raw report."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "pruning.json"
-        cmd = [sys.executable, str(HERE / "benchmark_pruning_kernels.py"), "--out", str(out),
-               "--warmup", str(warmup_ms), "--rep", str(rep_ms), *(["--tiny"] if tiny else [])]
-        subprocess.run(cmd, check=True)
-        report = json.loads(out.read_text())
+    report = run_script("benchmark_pruning_kernels", warmup_ms, rep_ms, tiny)
     bandwidth = ceilings["copy"]["gb_per_s"]
     rows = []
     for level in report["levels"]:
@@ -109,9 +114,9 @@ def main(argv=None) -> int:
         return 2
     if args.tiny:  # before Triton is first imported: on a CPU its kernels run in the interpreter
         os.environ["TRITON_INTERPRET"] = "1"
-    sys.path.insert(0, str(HERE))  # the benchmark scripts are siblings, not a package
     import triton
-    from roofline import measure_ceilings
+
+    from atedm_kernels.tools.roofline import measure_ceilings, write_report
 
     ceilings = measure_ceilings("cpu" if args.tiny else "cuda", warmup_ms=args.warmup, rep_ms=args.rep)
     report = {"device": ceilings["device"], "torch": torch.__version__, "triton": triton.__version__,
@@ -126,10 +131,7 @@ def main(argv=None) -> int:
         report["rows"] += rows
         report["raw"][name] = raw
     print(format_table(report))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.out}")
+    write_report(report, args.out)
     return 1 if report["failed"] else 0
 
 

@@ -1,14 +1,15 @@
-"""README tables from committed JSON: never typed by hand.
+"""The generated tables of the README and ``docs/``, from committed JSON: never typed by hand.
 
 ``python benchmarks/readme_tables.py --count-macs`` recounts the SD-XL MACs (meta device, seconds) into
-``benchmarks/results/macs_sdxl_1024.json``; ``python benchmarks/readme_tables.py`` (re)writes the README section
-between ``<!-- tables:start -->`` and ``<!-- tables:end -->`` from every JSON under ``benchmarks/results/``:
+``benchmarks/results/macs_sdxl_1024.json``; ``python benchmarks/readme_tables.py`` (re)writes, in
+``docs/performance.md``, the section between ``<!-- tables:start -->`` and ``<!-- tables:end -->`` from every JSON under ``benchmarks/results/``:
 the MACs table; the peers' table (DeepCache, T-GATE, AT-EDM on DeepCache: MACs and, where a committed CPU run
 has their rows, CPU time); the CPU end-to-end tables (``unet_e2e_cpu_*.json``, from ``atedm bench --device cpu``, with the
 pruning path's split); and the GPU tables (the run's steps, end-to-end rows, split and kernels) from the ``.ci/gpu``
 run committed under ``benchmarks/results/gpu/``; and, between ``<!-- quality:start -->`` and ``<!-- quality:end -->``,
-the Quality section's tables from ``benchmarks/results/quality_fashion.json`` (``atedm quality``).
-``tests/test_readme_tables.py`` fails when the README and the JSON disagree.
+``docs/quality.md``'s tables from ``benchmarks/results/quality_fashion.json`` (``atedm quality``); and the
+README's op table (between ``<!-- ops:start -->`` and ``<!-- ops:end -->``) from ``backends.KERNELS``.
+``tests/test_readme_tables.py`` fails when a page and the JSON disagree.
 """
 
 from __future__ import annotations
@@ -337,14 +338,20 @@ def ops_section() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"tables": (START, END), "quality": (QUALITY_START, QUALITY_END), "ops": (OPS_START, OPS_END)}
+# generated section -> (the page that holds it, its start and end markers)
+SECTIONS = {
+    "tables": (ROOT / "docs" / "performance.md", START, END),
+    "quality": (ROOT / "docs" / "quality.md", QUALITY_START, QUALITY_END),
+    "ops": (README, OPS_START, OPS_END),
+}
 
 
-def section(readme: str, name: str = "tables") -> str:
-    """The README's current generated section ``name`` (between its markers)."""
-    start_marker, end_marker = SECTIONS[name]
-    start, end = readme.index(start_marker) + len(start_marker), readme.index(end_marker)
-    return readme[start:end].strip()
+def section(name: str) -> str:
+    """The current text of generated section ``name`` (between its markers, in its page)."""
+    page, start_marker, end_marker = SECTIONS[name]
+    text = page.read_text()
+    start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
+    return text[start:end].strip()
 
 
 def rendered(name: str) -> str:
@@ -358,12 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.count_macs:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "macs_sdxl_1024.json").write_text(json.dumps(count_macs(), indent=2) + "\n")
-    readme = README.read_text()
-    for name, (start_marker, end_marker) in SECTIONS.items():
-        start, end = readme.index(start_marker) + len(start_marker), readme.index(end_marker)
-        readme = readme[:start] + "\n" + rendered(name) + "\n" + readme[end:]
-    README.write_text(readme)
-    print(f"README tables written from {RESULTS}")
+    for name, (page, start_marker, end_marker) in SECTIONS.items():
+        text = page.read_text()
+        start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
+        page.write_text(text[:start] + "\n" + rendered(name) + "\n" + text[end:])
+    print(f"README and docs/ tables written from {RESULTS}")
     return 0
 
 

@@ -12,6 +12,8 @@
 #include <string>
 #include <utility>
 
+#include "dtype_codes.h"
+
 namespace atedm {
 
 // Throws with the CUDA error string if `status` is not cudaSuccess.
@@ -45,8 +47,6 @@ inline T* as_ptr(std::uintptr_t ptr) {
   return reinterpret_cast<T*>(ptr);
 }
 
-// Storage dtype codes shared with atedm_kernels/kernels/cuda.py.
-enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
 
 inline DType as_dtype(int code) {
   if (code < 0 || code > 2) throw std::invalid_argument("atedm_kernels._C: unknown dtype code " + std::to_string(code));

@@ -227,9 +227,13 @@ def test_quality_smoke_writes_json_and_pictures(tmp_path, capsys):
     """`atedm quality` end to end at a tiny size (the committed run uses 25 steps and hundreds of samples)."""
     import json
 
+    import torch
+
+    threads = torch.get_num_threads()
     code = main(["quality", "--samples", "2", "--batch", "2", "--steps", "3", "--no-sweep", "--threads", "1",
                  "--methods", "atedm", "random-selection", "--out", str(tmp_path)])
     assert code == 0
+    assert torch.get_num_threads() == threads  # --threads held for the command only, not for the caller after it
     report = json.loads((tmp_path / "quality_fashion.json").read_text())
     rows = {row["method"]: row for row in report["rows"]}
     assert set(rows) == {"dense", "atedm", "random-selection"} and "fidelity_rmse" not in rows["dense"]

@@ -2,9 +2,10 @@
 
 For each scenario and both methods: the run is finite, ``keep_ratio=1.0`` / ``prune_ratio=0`` (with every pruning
 unit really running its pruning path) equals the dense run, ``remove()`` restores it bit for bit and leaves the
-user's processors, and every step's DSAP phase is the expected one. The default run holds the scenarios that used to
-fail; ``python -m pytest -m compat tests/test_compat.py`` runs the whole matrix (:data:`MATRIX`), from which the
-README's "works with" table is generated (``python tests/test_compat.py --readme`` runs it and writes the table).
+user's processors, and every step's DSAP phase is the expected one. The whole matrix (:data:`MATRIX`) is in the
+default run, marked ``compat`` (``python -m pytest -m compat tests/test_compat.py`` runs it alone); the "works with"
+table of docs/compatibility.md is generated from it (``python tests/test_compat.py --write`` runs it and writes the
+table).
 """
 
 import math
@@ -418,7 +419,7 @@ def _compiled(pipe):
     return generate
 
 
-# scenario -> (what the user sets up, returning how one generation runs; the README's "works with" wording)
+# scenario -> (what the user sets up, returning how one generation runs; the "works with" table's wording)
 MATRIX = {
     "sdpa": (lambda pipe: generate, "diffusers' default attention (SDPA)"),
     "attn-processor": (_processors(lambda p: p.unet.set_default_attn_processor()), "`set_default_attn_processor()`"),
@@ -492,7 +493,7 @@ def test_table_writer_reads_each_case_from_its_recorded_property():
 
 
 def works_with_table(outcomes: dict[tuple[str, str], bool]) -> str:
-    """The README's "works with" table from ``{(scenario, method): passed}`` of a :func:`test_matrix` run."""
+    """The "works with" table (docs/compatibility.md) from ``{(scenario, method): passed}`` of a :func:`test_matrix` run."""
     def cell(scenario, method):
         passed = outcomes.get((scenario, method))
         return "not run" if passed is None else "yes" if passed else "**fails**"
@@ -512,7 +513,8 @@ def record_outcome(outcomes: dict[tuple[str, str], bool], report) -> None:
 
 
 def main() -> None:
-    """Run the matrix, print the table; ``--readme`` also writes it into README.md between its compat markers."""
+    """Run the matrix, print the table; ``--write`` also writes it into docs/compatibility.md between its compat
+    markers."""
     import sys
     from pathlib import Path
 
@@ -525,8 +527,8 @@ def main() -> None:
     pytest.main(["-q", "-p", "no:cacheprovider", "-m", "compat", f"{__file__}::test_matrix"], plugins=[Collect()])
     table = works_with_table(outcomes)
     print(table)
-    if "--readme" in sys.argv:
-        readme = Path(__file__).resolve().parent.parent / "README.md"
+    if "--write" in sys.argv:
+        readme = Path(__file__).resolve().parent.parent / "docs" / "compatibility.md"
         start, end = "<!-- compat:start -->\n", "\n<!-- compat:end -->"
         text = readme.read_text()
         head, rest = text.split(start)

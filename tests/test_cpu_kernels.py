@@ -53,6 +53,21 @@ def test_native_module_is_built_on_x86():
     assert cpu_attention._cpu is not None, "atedm_kernels._cpu missing: the CPU build failed at install"
 
 
+def test_python_dtype_codes_are_the_headers():
+    """atedm_kernels/kernels/dtype_codes.py and csrc/dtype_codes.h say the same: a code changed on one side only would
+    make every native kernel read the wrong element type."""
+    import re
+    from pathlib import Path
+
+    from atedm_kernels.kernels.dtype_codes import DTYPE_CODES
+
+    header = (Path(__file__).resolve().parent.parent / "csrc" / "dtype_codes.h").read_text()
+    body = re.search(r"enum class DType : int \{([^}]*)\}", header).group(1)
+    codes = {name.strip(): int(value) for name, value in re.findall(r"k(\w+) = (\d+)", body)}
+    names = {torch.float16: "Float16", torch.bfloat16: "BFloat16", torch.float32: "Float32"}
+    assert {names[dtype]: code for dtype, code in DTYPE_CODES.items()} == codes
+
+
 @pytest.mark.parametrize("block_bytes", [None, 1])  # None: the default blocks; 1: 16-row blocks, odd tails
 @pytest.mark.parametrize("shape", [(1, 1, 5, 7, 8), (2, 3, 37, 37, 16), (2, 2, 33, 20, 40), (3, 5, 70, 49, 64)])
 def test_attention_with_map_matches_float64(gen, monkeypatch, cpu_impl, shape, block_bytes):

@@ -7,7 +7,6 @@ import torch
 
 from atedm_kernels.tools.demo import (
     DemoSettings,
-    build_random_unet,
     run,
     run_order,
     speed_table,
@@ -15,7 +14,7 @@ from atedm_kernels.tools.demo import (
 )
 from atedm_kernels.tools.demo_picture import draw_selections
 from atedm_kernels.sdxl import AtEdmConfig
-from atedm_kernels.tools.models import tiny_unet_config, unet_inputs
+from atedm_kernels.tools.models import build_sdxl_unet, unet_config, unet_inputs
 from atedm_kernels.sdxl.schedule import attention_blocks
 from atedm_kernels.tools.fashion.model import load_denoiser
 
@@ -23,8 +22,8 @@ CPU = torch.device("cpu")
 
 
 def test_random_build_fills_every_parameter_at_pytorch_default_scale():
-    unet = build_random_unet(tiny_unet_config(), CPU, torch.float32, seed=3, progress=False)
-    again = build_random_unet(tiny_unet_config(), CPU, torch.float32, seed=3, progress=False)
+    unet = build_sdxl_unet("tiny", CPU, torch.float32, seed=3, fill="pool")
+    again = build_sdxl_unet("tiny", CPU, torch.float32, seed=3, fill="pool")
     for (name, p), (_, q) in zip(unet.named_parameters(), again.named_parameters()):
         assert p.device == CPU and torch.isfinite(p).all() and torch.equal(p, q), name
         if p.dim() >= 2:
@@ -85,7 +84,7 @@ def test_full_scale_code_path_on_a_small_config(tmp_path):
     settings = DemoSettings(
         scale="full", size=96, steps=1, repeats=2, config=AtEdmConfig(), picture_steps=2,  # the CLI's default config
         picture_config=AtEdmConfig(prune_less_steps=1), device=CPU, out=tmp_path,
-        warmup_size=64, progress=False, unet_config=tiny_unet_config(),
+        warmup_size=64, progress=False, unet_config=unet_config("tiny"),
     )
     result = run(settings, echo=lines.append)
     assert len(result.dense.seconds) == 2 and len(result.atedm.seconds) == 2

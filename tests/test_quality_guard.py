@@ -1,7 +1,7 @@
 """What holds on the trained Fashion-MNIST denoiser (committed weights, no data set needed), guarded with fixed seeds
 and classes. DDIM with eta 0 makes every run deterministic.
 
-The full quality run (README "Quality", ``benchmarks/results/quality_fashion.json``) found that two of the paper's
+The full quality run (docs/quality.md, ``benchmarks/results/quality_fashion.json``) found that two of the paper's
 orderings do not hold on this model: G-WPR's selection is not closer to dense than random selection at the same keep
 ratio, and the similarity copy is not closer than padding zeros. What does hold, and is guarded here:
 

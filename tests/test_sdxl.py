@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from atedm_kernels import BACKENDS, BackendUnavailableError
+from atedm_kernels.backends import OP_KERNELS
 from atedm_kernels.sdxl import AtEdmConfig, apply
 from atedm_kernels.tools.models import build_sdxl_unet, build_tiny_pipeline, unet_inputs
 
@@ -183,8 +184,22 @@ def test_every_backend_the_config_accepts_runs_the_unet(unet, backend):
                 run(unet, inputs)
             return
         got = run(unet, inputs)
-        assert all(kept is not None for kept in handle.stats()[0].kept.values())  # every block pruned
+        record = handle.stats()[0]
+    assert all(kept is not None for kept in record.kept.values())  # every block pruned
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # stats() says which family ran each op: the preferred one where it has a kernel, else what "auto" picks on a
+    # CPU tensor (the CPU kernel where there is one, else the reference)
+    ran = {"attention_with_map", "gwpr", "select_tokens", "similarity_sources", "gather_tokens", "recover_tokens"}
+    assert set(record.kernels) == ran
+    for op, family in record.kernels.items():
+        if backend == "reference":
+            assert family == "reference", op
+        elif backend in OP_KERNELS[op]:
+            assert family == backend, op
+        else:
+            assert family == ("cpu" if "cpu" in OP_KERNELS[op] else "reference"), op
+    if backend == "cpu":
+        assert (record.kernels["gwpr"], record.kernels["select_tokens"]) == ("cpu", "reference")
 
 
 def test_compiled_unet_with_dynamic_shapes_matches_eager(unet):

@@ -246,6 +246,25 @@ def test_ratio_zero_equals_dense(unet, dense_case):
     torch.testing.assert_close(pruned, dense, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ak.BACKENDS)
+def test_every_backend_the_config_accepts_runs_the_unet(unet, dense_case, backend):
+    """``SiToConfig.backend`` is a kernel-family preference resolved per op, as AT-EDM's: the same output as the
+    references, and ``stats()`` says which family ran each op ("cuda" on CPU tensors: one clear error)."""
+    inputs, _ = dense_case
+    with apply_sito(unet, SiToConfig(seed=0, backend="reference")):
+        want = run(unet, inputs)
+    with apply_sito(unet, SiToConfig(seed=0, backend=backend)) as handle:
+        if backend == "cuda":
+            with pytest.raises(ak.BackendUnavailableError, match="backend 'cuda' is unavailable"):
+                run(unet, inputs)
+            return
+        got = run(unet, inputs)
+        kernels = handle.stats()[0].kernels
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # no op of SiTo's has a "cpu" or "triton" kernel: on CPU tensors every one runs its reference
+    assert kernels == dict.fromkeys(("sito_select", "gather_tokens", "recover_tokens"), "reference")
+
+
 def test_remove_restores_the_unet_exactly(unet, dense_case):
     inputs, dense = dense_case
     processors = {name: type(p) for name, p in unet.attn_processors.items()}

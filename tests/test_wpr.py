@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from atedm_kernels import ops
+from atedm_kernels import ops, reference
 from atedm_kernels.sdxl import AtEdmConfig, apply
 from atedm_kernels.tools.models import build_sdxl_unet, build_tiny_pipeline, unet_inputs
 from atedm_kernels.sdxl.config import WPR_KINDS
@@ -40,6 +40,22 @@ def _reference_attention(attn, hidden: torch.Tensor, context: torch.Tensor | Non
                                       attn.scale)
     out = ref.to_out[0](out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1))  # [B, N, C]
     return out, amap
+
+
+def _same_precision_scores(attn, hidden, context, map_dtype: torch.dtype, wpr: str, num_iters: int) -> torch.Tensor:
+    """The scores [B, N] a plain float32 PyTorch computation gets from the same inputs (the reference ops on
+    ``attn``'s own float32 projections): the yardstick of the layer's float32 rounding against float64."""
+    source = hidden if context is None else context
+
+    def split(t):  # [B, T, H*D] -> [B, H, T, D]
+        return t.view(t.shape[0], t.shape[1], attn.heads, -1).transpose(1, 2)
+
+    with torch.no_grad():  # the references themselves: the test's spies count the ops' calls
+        _, amap = reference.attention_with_map_reference(split(attn.to_q(hidden)), split(attn.to_k(source)),
+                                                         split(attn.to_v(source)), attn.scale, map_dtype)  # [B, N, M]
+        if wpr == "self":
+            return reference.gwpr_reference(amap, num_iters, 0.0)
+        return reference.gwpr_cross_reference(amap, num_iters, wpr)
 
 
 @pytest.mark.parametrize("wpr", WPR_KINDS)
@@ -95,6 +111,7 @@ def test_each_wpr_prunes_in_the_pipeline_with_its_layers_own_map(wpr, monkeypatc
         torch.testing.assert_close(recovery_maps[-1].double(), self_map, rtol=one_ulp, atol=1e-6)
         if wpr == "self":
             want = bf.gwpr(self_map.to(map_dtype), config.num_iters)
+            same_precision = _same_precision_scores(first.attn1, hidden, None, map_dtype, wpr, config.num_iters)
         else:
             hidden, context = inputs[(block.name, "attn2")]
             assert context.shape[1] == TEXT_TOKENS
@@ -102,8 +119,13 @@ def test_each_wpr_prunes_in_the_pipeline_with_its_layers_own_map(wpr, monkeypatc
             torch.testing.assert_close(outputs[block.name].double(), out, rtol=1e-5, atol=1e-5)
             assert (cross_map.amax(-1) > 0.2).any(-1).all()  # peaked rows in each sample: hard_clip has terms
             want = bf.gwpr_cross(cross_map.to(map_dtype), config.num_iters, wpr)  # the cross map: same dtype
+            same_precision = _same_precision_scores(first.attn2, hidden, context, map_dtype, wpr, config.num_iters)
         assert scores.dtype == torch.float32 and (scores.amax(-1) > scores.amin(-1)).all()  # a ranking, not ties
-        torch.testing.assert_close(scores.double(), want, rtol=1e-4, atol=1e-7)
+        # judged against the float64 scores with the error a plain float32 computation makes (the cross kinds' weights
+        # amplify the map's float32 rounding; how much depends on the BLAS's summation order, its thread count)
+        error = (scores.double() - want).abs().max().item()
+        yardstick = (same_precision.double() - want).abs().max().item()
+        assert error <= 4 * yardstick + 1e-6 * want.abs().max().item(), (error, yardstick)
         assert keep_idx.shape == (hidden.shape[0], config.kept_tokens(hidden.shape[1]))
         checked.append(block.name)
 
@@ -161,7 +183,7 @@ def test_cross_wpr_composes_with_the_users_cross_attention_processor(wpr):
 
 def test_cross_wpr_with_a_zeroed_negative_prompt_keeps_the_first_tokens():
     """SD-XL zeroes an empty negative prompt: the unconditional half's keys are zero, its cross map uniform, so its
-    cross scores all tie and it keeps its first K tokens (as README says); the conditional half ranks by its map."""
+    cross scores all tie and it keeps its first K tokens (as the README says); the conditional half ranks by its map."""
     pipe = build_tiny_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
     _sharpen_cross_attention(pipe.unet)

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import torch
 
+from .dtype_codes import DTYPE_CODES
+
 try:
     from .. import _cpu
 except ImportError:  # not built (ATEDM_BUILD_CPU=0, no C++ compiler, not x86-64): the blocked path alone
     _cpu = None
 
-# dtype codes of atedm_kernels._cpu (csrc/cpu/common.h), the same as the CUDA module's
-DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
 # Bytes of one block's float32 [H, R, M] logits (the probabilities take as many again): measured on a 2-core AMD
 # EPYC (32 MiB L3), 8-32 MiB per block ran within 5% of each other and 4 MiB or less lost 10-40% to per-call overhead.

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .cpu_attention import DTYPE_CODES, native_available
+from .cpu_attention import native_available
+from .dtype_codes import DTYPE_CODES
 from .cpu_attention import _cpu  # None when not built
 
 

@@ -33,12 +33,11 @@ from __future__ import annotations
 import torch
 
 from .. import _C
-
-_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # csrc/launch.h DType
+from .dtype_codes import DTYPE_CODES
 
 
 def _dtype_code(name: str, t: torch.Tensor) -> int:
-    code = _DTYPE_CODES.get(t.dtype)
+    code = DTYPE_CODES.get(t.dtype)
     if code is None:
         raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
     return code

@@ -159,6 +159,7 @@ class BlockPruner:
         # config.backend is a preference of kernel family, resolved per op once: an op without a kernel of that
         # family runs as "auto" does (e.g. "cpu" has no select_tokens kernel; "cuda" has no attention kernel).
         self.backends = {op: preference_for(op, config.backend) for op in PRUNING_OPS}
+        self.ops = self._ops_run(config)  # the atedm ops a pruning call runs, for the step records
         self.active = False  # set by the DSAP schedule before each U-Net call
         self.last_tokens: tuple[int, int] | None = None  # (N, K) of the latest pruned call
         # Called as observer(block, scores [B, N], keep_idx [B, K]) after each selection (pictures, debugging).
@@ -216,6 +217,12 @@ class BlockPruner:
         self.last_tokens = (tokens, keep)
         if self.observer is not None:
             self.observer(self, scores, keep_idx)
+
+    @staticmethod
+    def _ops_run(config: AtEdmConfig) -> tuple[str, ...]:
+        scoring = () if config.selection == "random" else ("gwpr",) if config.wpr == "self" else ("gwpr_cross",)
+        recovery = ("recover_tokens",) if config.recovery == "copy" else ()
+        return ("attention_with_map", *scoring, "select_tokens", "similarity_sources", "gather_tokens", *recovery)
 
     def _gather(self, hidden_states: torch.Tensor) -> torch.Tensor:
         keep_idx = self._restore[0]

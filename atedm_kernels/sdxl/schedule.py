@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..backends import family_for
 from .clock import Position, StepClock
 
 
@@ -38,6 +39,9 @@ class StepRecord:
     kept: dict[str, int | None] = field(default_factory=dict)  # unit name -> K (None: ran dense)
     tokens: dict[str, int] = field(default_factory=dict)  # unit name -> N, for the units that pruned
     num_steps: int | None = None  # steps of the run's schedule; None when the U-Net got bare timesteps
+    # op -> the kernel family that ran it ("triton", "cuda", "cpu" or "reference"): the config's backend is a
+    # preference, and an op its family has no kernel for runs as "auto" chooses for the U-Net's device
+    kernels: dict[str, str] = field(default_factory=dict)
 
 
 def unet_of(pipe_or_unet) -> nn.Module:
@@ -96,7 +100,7 @@ class PruningHandle:
     """Undo handle of a pruning method on a U-Net; also a context manager.
 
     Subclasses build ``self.units`` through :meth:`_install` (objects with ``name``, ``active``, ``last_tokens``,
-    ``clear()``, ``attach()``, ``detach()`` and ``remove()``) and say in :meth:`prunes` which unit prunes in which
+    ``ops`` (the atedm ops it runs), ``clear()``, ``attach()``, ``detach()`` and ``remove()``) and say in :meth:`prunes` which unit prunes in which
     phase.
     """
 
@@ -109,6 +113,7 @@ class PruningHandle:
         self._clock = StepClock(self.pipeline)
         self._records: list[StepRecord] = []
         self._pinned: str | None = None
+        self._kernels: dict[torch.device, dict[str, str]] = {}  # device -> op -> family, resolved once per device
 
     def prunes(self, unit, phase: str) -> bool:
         """Whether ``unit`` prunes in ``phase`` ("prune_less" or "normal")."""
@@ -195,7 +200,16 @@ class PruningHandle:
             if unit.active:
                 unit.attach()
         if not self._records or self._records[-1].step != position.step:
-            self._records.append(StepRecord(position.step, position.timestep, phase, num_steps=position.num_steps))
+            kernels = self._kernels_on(call_argument(args, kwargs, "sample", 0).device)
+            self._records.append(StepRecord(position.step, position.timestep, phase, num_steps=position.num_steps,
+                                            kernels=kernels))
+
+    def _kernels_on(self, device: torch.device) -> dict[str, str]:
+        """op -> the kernel family that runs it on ``device`` for this handle's units (see StepRecord.kernels)."""
+        if device not in self._kernels:
+            ops = dict.fromkeys(op for unit in self.units for op in unit.ops)
+            self._kernels[device] = {op: family_for(op, self.config.backend, device) for op in ops}
+        return dict(self._kernels[device])
 
     @torch.compiler.disable
     def _after_call(self, module, args, output):

@@ -138,11 +138,11 @@ class SiToAttnProcessor(CallWrapper):
                 "no attention_mask)"
             )
         keep_idx, prune_idx, src = selection
-        backend = preference_for("gather_tokens", self.layer.config.backend)
-        kept = ops.gather_tokens(hidden_states, keep_idx, backend=backend)  # [B, K, C]
+        backends = self.layer.backends
+        kept = ops.gather_tokens(hidden_states, keep_idx, backend=backends["gather_tokens"])  # [B, K, C]
         out = call_processor(self.inner, attn, kept, temb=temb)  # [B, K, C]: q, k, v all from K tokens
         self.layer.last_tokens = (hidden_states.shape[1], keep_idx.shape[1])  # reported only once really pruned
-        return ops.recover_tokens(out, keep_idx, prune_idx, src, backend=backend)  # [B, N, C]
+        return ops.recover_tokens(out, keep_idx, prune_idx, src, backend=backends["recover_tokens"])  # [B, N, C]
 
 
 def _check_sito_prunable(block: nn.Module, transformer: nn.Module, name: str) -> None:
@@ -167,6 +167,9 @@ class SiToLayer:
         self.name = name
         self.level = level
         self.index = index  # row of the handle's per-call noise
+        self.ops = ("sito_select", "gather_tokens", "recover_tokens")  # the atedm ops a pruning call runs
+        # config.backend is a preference of kernel family, resolved per op (as AT-EDM's layer does)
+        self.backends = {op: preference_for(op, self.config.backend) for op in self.ops}
         self.active = False  # set by the schedule before each U-Net call
         self.last_tokens: tuple[int, int] | None = None  # (N, K) of the latest call that really pruned
         self._selection: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None

@@ -14,6 +14,7 @@ import torch
 from ..backends import BACKENDS
 from ..reference.gwpr import GWPR_CROSS_KINDS
 from .generate import ModelNotAvailableError
+from .models import SCALES
 
 # What each command imports beyond the base install (torch, numpy, tqdm, pillow); the ``cli`` extra installs it all.
 NEEDS = {
@@ -84,8 +85,10 @@ def _sito_config(args: argparse.Namespace):
 
 
 def _method_list(text: str) -> list[str]:
+    from .methods import PRUNING
+
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = sorted(set(methods) - {"atedm", "sito"})
+    unknown = sorted(set(methods) - set(PRUNING))
     if not methods or unknown:
         raise argparse.ArgumentTypeError(f"methods are 'atedm' and 'sito' (comma-separated), got {text!r}")
     return methods
@@ -97,7 +100,8 @@ def _methods(args: argparse.Namespace) -> dict:
         if args.method is not None:
             raise ValueError("--no-atedm (dense only) cannot be combined with --method")
         return {}
-    return {m: (_config(args) if m == "atedm" else _sito_config(args)) for m in args.method or ["atedm"]}
+    configs = {"atedm": _config, "sito": _sito_config}  # each of methods.PRUNING's names from its flags
+    return {m: configs[m](args) for m in args.method or ["atedm"]}
 
 
 def _meta_macs(unet_config: dict, height: int, width: int, methods: dict, steps: int,
@@ -274,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "seed (class = seed mod 10). Part 2 (speed): denoising step(s) dense and with AT-EDM on SD-XL base's full U-Net architecture with random weights: on a CPU "
         "1 step at 512 px in float32 (about 2 minutes on 2 cores, 11 GB of memory), on a GPU 10 steps at 1024 px "
         "in float16. --scale tiny times the tiny U-Net instead (seconds).")
-    demo.add_argument("--scale", choices=["full", "tiny"], default="full",
+    demo.add_argument("--scale", choices=list(SCALES), default="full",
                       help="the timed U-Net: SD-XL's full architecture (default) or the tiny one")
     demo.add_argument("--size", type=int, default=None,
                       help="image side in pixels of the timed runs (default: 512 full on CPU, 1024 full on GPU, "
@@ -350,11 +354,15 @@ def cmd_quality(args: argparse.Namespace) -> int:
     unknown = [name for name in args.methods or () if name not in known]
     if unknown:
         raise ValueError(f"--methods: unknown method {unknown[0]!r}; known: {', '.join(known)}")
-    torch.set_num_threads(args.threads)
-    print(f"atedm quality: {args.samples} samples per method on the trained Fashion-MNIST denoiser", flush=True)
-    report = quality.run(args.samples, args.batch, sweep=not args.no_sweep, names=args.methods, steps=args.steps,
-                         log=lambda line: print(line, flush=True))
-    quality.write(report, Path(args.out), log=print)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # for this command only: main() may be called in a longer-lived process
+    try:
+        print(f"atedm quality: {args.samples} samples per method on the trained Fashion-MNIST denoiser", flush=True)
+        report = quality.run(args.samples, args.batch, sweep=not args.no_sweep, names=args.methods, steps=args.steps,
+                             log=lambda line: print(line, flush=True))
+        quality.write(report, Path(args.out), log=print)
+    finally:
+        torch.set_num_threads(threads)
     return 0
 
 

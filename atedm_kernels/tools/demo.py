@@ -12,9 +12,9 @@ Two parts, each labelled as such in the output:
    change on a shared machine hits both alike. Before the long part, one step at a small warm-up size is timed and
    scaled by the MACs ratio into an estimate; a progress bar ticks once per resnet and attention block.
 
-The full model is built on the ``meta`` device and filled from a tiled random pool (:func:`build_random_unet`):
-about 10 s for 10 GB of float32 instead of about 40 s for ``uniform_`` over every parameter, and its values
-(PyTorch's default scale, ``U(-1, 1) / sqrt(fan_in)``) do not change what a step costs.
+The timed model is built with ``build_sdxl_unet(fill="pool")`` (:mod:`.models`): on the ``meta`` device, then filled
+from a tiled random pool, about 10 s for 10 GB of float32 instead of about 40 s of diffusers' initialisation; its
+values (PyTorch's default scale) do not change what a step costs.
 """
 
 from __future__ import annotations
@@ -26,78 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..sdxl import AtEdmConfig, apply
 
 from .demo_picture import BlockInfo, Selection, Trace, draw_selections
-from .models import sdxl_unet_config, tiny_unet_config, unet_inputs
+from .models import build_sdxl_unet, parameter_bytes, unet_config, unet_inputs
 
 CFG_BATCH = 2  # one image with classifier-free guidance: the U-Net sees the conditional and unconditional halves
-POOL_SIZE = (1 << 24) - 3  # random values tiled into the weights; odd so that rows of a weight do not repeat
 PROGRESS_MODULES = ("ResnetBlock2D", "Transformer2DModel")  # the progress bar ticks after each of these
-
-
-def unet_config(scale: str) -> dict:
-    """The U-Net keyword arguments of ``scale``: "full" (SD-XL base) or "tiny" (its block structure, CPU widths)."""
-    configs = {"full": sdxl_unet_config, "tiny": tiny_unet_config}
-    if scale not in configs:
-        raise ValueError(f"scale must be 'full' or 'tiny', got {scale!r}")
-    return configs[scale]()
-
-
-def parameter_bytes(config: dict, dtype: torch.dtype) -> int:
-    """Bytes of the U-Net's parameters in ``dtype`` (counted on the meta device: no memory)."""
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        meta = UNet2DConditionModel(**config)
-    return sum(p.numel() for p in meta.parameters()) * torch.empty((), dtype=dtype).element_size()
-
-
-@torch.no_grad()
-def build_random_unet(config: dict, device: torch.device, dtype: torch.dtype, seed: int = 0,
-                      progress: bool = True):
-    """A random-weight ``UNet2DConditionModel`` built on the meta device, then filled in place.
-
-    Matrices and kernels get ``U(-1, 1) / sqrt(fan_in)`` (PyTorch's default scale), 1-D weights (norms) 1, biases
-    ``U(-1, 1) * 0.02``, each copied from a window of one random pool at a random offset.
-    """
-    from diffusers import UNet2DConditionModel
-    from tqdm.auto import tqdm
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**config)
-    for module in unet.modules():  # allocate in place of the meta parameters, already in dtype
-        for key, meta in module._parameters.items():
-            if meta is not None:
-                module._parameters[key] = nn.Parameter(torch.empty(meta.shape, device=device, dtype=dtype),
-                                                       requires_grad=False)
-    if any(True for _ in unet.buffers()):  # diffusers' U-Net has none; a meta buffer would fail much later
-        raise NotImplementedError("build_random_unet fills parameters only; this U-Net config has buffers")
-    unet.eval()
-    gen = torch.Generator().manual_seed(seed)
-    pool = (torch.rand(POOL_SIZE, generator=gen) * 2 - 1).to(device=device, dtype=dtype)  # [P] in U(-1, 1)
-    chunk = POOL_SIZE // 2
-    params = list(unet.named_parameters())
-    with tqdm(total=sum(p.numel() for _, p in params), desc="random weights", unit="param", unit_scale=True,
-              disable=not progress, leave=False) as bar:
-        for name, param in params:
-            flat = param.view(-1)  # [numel]
-            if param.dim() >= 2:
-                scale = 1.0 / math.sqrt(param[0].numel())  # fan_in: in_features (x kernel area)
-            elif name.endswith("weight"):
-                flat.fill_(1.0)
-                bar.update(flat.numel())
-                continue
-            else:
-                scale = 0.02
-            for start in range(0, flat.numel(), chunk):
-                piece = flat[start : start + chunk]
-                offset = int(torch.randint(0, POOL_SIZE - piece.numel() + 1, (1,), generator=gen))
-                torch.mul(pool[offset : offset + piece.numel()], scale, out=piece)
-            bar.update(flat.numel())
-    return unet
 
 
 def level_grid(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
@@ -308,16 +244,15 @@ def _minutes(seconds: float) -> str:
 
 def run(settings: DemoSettings, echo: Callable[[str], None] = print) -> DemoResult:
     """Both parts of the demo, printing as it goes; returns the timings and the picture's path."""
+    picture_path = draw_picture(settings, echo)
+    return time_speed(settings, picture_path, echo)
 
-    device, dtype = settings.device, (torch.float16 if settings.device.type == "cuda" else torch.float32)
-    cfg = settings.unet_config or unet_config(settings.scale)
-    model_name = ("SD-XL base's full U-Net architecture" if settings.scale == "full"
-                  else "a tiny U-Net with SD-XL's block structure")
 
-    # Part 1: the picture, from the trained Fashion-MNIST denoiser on the CPU (a few seconds).
-    label = settings.seed % 10
+def draw_picture(settings: DemoSettings, echo: Callable[[str], None]) -> Path:
+    """Part 1: AT-EDM's selection on the trained Fashion-MNIST denoiser, on the CPU (a few seconds)."""
     from .fashion.data import CLASSES
 
+    label = settings.seed % 10
     echo(f"[picture] the trained Fashion-MNIST denoiser of SD-XL's layout, class {CLASSES[label]!r}, seed "
          f"{settings.seed}, {settings.picture_steps} DDIM steps with AT-EDM (keep_ratio "
          f"{settings.picture_config.keep_ratio})")
@@ -329,8 +264,15 @@ def run(settings: DemoSettings, echo: Callable[[str], None] = print) -> DemoResu
         samples=[("dense", dense_image), ("AT-EDM", atedm_image)])
     echo(f"[picture] wrote {picture_path}: G-WPR scores and kept tokens of every pruning block at every step, "
          "and the dense and AT-EDM samples of the same seed")
+    return picture_path
 
-    # Part 2: the speed.
+
+def time_speed(settings: DemoSettings, picture_path: Path, echo: Callable[[str], None]) -> DemoResult:
+    """Part 2: dense against AT-EDM on the timed model (random weights): a warm-up estimate, then the timed runs."""
+    device, dtype = settings.device, (torch.float16 if settings.device.type == "cuda" else torch.float32)
+    cfg = settings.unet_config or unet_config(settings.scale)
+    model_name = ("SD-XL base's full U-Net architecture" if settings.scale == "full"
+                  else "a tiny U-Net with SD-XL's block structure")
     order = run_order(settings.repeats)
     echo(f"[speed] {model_name}, random weights, {settings.size}x{settings.size} px, batch {CFG_BATCH} (one image "
          f"with classifier-free guidance), {str(dtype).removeprefix('torch.')} on {device}"
@@ -339,31 +281,18 @@ def run(settings: DemoSettings, echo: Callable[[str], None] = print) -> DemoResu
     dense = Variant("dense", _macs(cfg, settings.size, None, settings.steps), settings.steps)
     atedm = Variant("AT-EDM", _macs(cfg, settings.size, settings.config, settings.steps), settings.steps)
     start = time.perf_counter()
-    unet = build_random_unet(cfg, device, dtype, seed=settings.seed, progress=settings.progress)
+    unet = build_sdxl_unet(settings.scale, device, dtype, seed=settings.seed, config=cfg, fill="pool",
+                           progress=settings.progress)
     build_seconds = time.perf_counter() - start
     count = sum(p.numel() for p in unet.parameters())
     count_text = f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.1f} M"
     echo(f"[speed] built the U-Net: {count_text} random parameters in {build_seconds:.1f} s")
 
-    # Warm-up (first-call set-up, kernel compilation), then one timed step of each at the warm-up size.
-    warm = unet_inputs(unet, CFG_BATCH, settings.warmup_size, settings.warmup_size, seed=settings.seed)
-    denoise(unet, warm, 1, device)
     phase = timed_phase(settings.steps)
     if phase is not None:
         echo(f"[speed] one step per run: AT-EDM is timed in its {phase} phase (a 1-step run would be all prune-less "
              "under DSAP, which keeps the first 30% of a run's steps lighter); --steps N times a whole N-step schedule")
-    with apply(unet, settings.config) as handle:  # one step: the phase of the timed runs' first step
-        handle.pin_phase(phase)
-        denoise(unet, warm, 1, device)
-        warm_atedm = denoise(unet, warm, 1, device)
-    warm_dense = denoise(unet, warm, 1, device)
-    scale_dense = dense.macs_per_step / _macs(cfg, settings.warmup_size, None, 1)
-    scale_atedm = atedm.macs_per_step / _macs(cfg, settings.warmup_size, settings.config, 1)
-    est_dense, est_atedm = warm_dense * scale_dense, warm_atedm * scale_atedm
-    estimate = settings.steps * sum(est_dense if v == "dense" else est_atedm for v in order)
-    echo(f"[speed] warm-up step at {settings.warmup_size}x{settings.warmup_size} px: dense {warm_dense:.2f} s, "
-         f"AT-EDM {warm_atedm:.2f} s; estimate at {settings.size}x{settings.size} px (scaled by MACs): dense "
-         f"~{est_dense:.1f} s per step, AT-EDM ~{est_atedm:.1f} s per step, about {_minutes(estimate)} in all")
+    estimate = _warm_up_estimate(settings, unet, cfg, phase, order, dense, atedm, echo)
 
     inputs = unet_inputs(unet, CFG_BATCH, settings.size, settings.size, seed=settings.seed)
     progress = BlockProgress(unet, len(order) * settings.steps, settings.progress)
@@ -380,6 +309,28 @@ def run(settings: DemoSettings, echo: Callable[[str], None] = print) -> DemoResu
     finally:
         progress.close()
     return DemoResult(dense, atedm, picture_path, estimate, build_seconds)
+
+
+def _warm_up_estimate(settings: DemoSettings, unet, cfg: dict, phase: str | None, order: list[str],
+                      dense: Variant, atedm: Variant, echo: Callable[[str], None]) -> float:
+    """Warm up (first-call set-up, kernel compilation), time one step of each at the warm-up size and scale it by
+    the MACs ratio into an estimate of the whole timed part, in seconds."""
+    device = settings.device
+    warm = unet_inputs(unet, CFG_BATCH, settings.warmup_size, settings.warmup_size, seed=settings.seed)
+    denoise(unet, warm, 1, device)
+    with apply(unet, settings.config) as handle:  # one step: the phase of the timed runs' first step
+        handle.pin_phase(phase)
+        denoise(unet, warm, 1, device)
+        warm_atedm = denoise(unet, warm, 1, device)
+    warm_dense = denoise(unet, warm, 1, device)
+    scale_dense = dense.macs_per_step / _macs(cfg, settings.warmup_size, None, 1)
+    scale_atedm = atedm.macs_per_step / _macs(cfg, settings.warmup_size, settings.config, 1)
+    est_dense, est_atedm = warm_dense * scale_dense, warm_atedm * scale_atedm
+    estimate = settings.steps * sum(est_dense if v == "dense" else est_atedm for v in order)
+    echo(f"[speed] warm-up step at {settings.warmup_size}x{settings.warmup_size} px: dense {warm_dense:.2f} s, "
+         f"AT-EDM {warm_atedm:.2f} s; estimate at {settings.size}x{settings.size} px (scaled by MACs): dense "
+         f"~{est_dense:.1f} s per step, AT-EDM ~{est_atedm:.1f} s per step, about {_minutes(estimate)} in all")
+    return estimate
 
 
 def speed_table(result: DemoResult) -> str:

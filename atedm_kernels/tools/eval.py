@@ -163,15 +163,14 @@ def generate_missing(pipe, captions: list[str], indices: list[int], folder: Path
     """Generate ``captions[i]`` for each ``i`` in ``indices`` into ``folder/{i:06d}.png`` unless it exists."""
     from tqdm.auto import tqdm
 
-    from .generate import accelerate
+    from .methods import installed
 
     folder.mkdir(parents=True, exist_ok=True)
     _check_manifest(folder, captions, method, config, settings)
     todo = [i for i in indices if not (folder / f"{i:06d}.png").exists()]
     if not todo:
         return 0
-    handle = accelerate(pipe, method, config)
-    try:
+    with installed(pipe, config):
         for i in tqdm(todo, desc=f"{method} images", disable=not progress):
             generator = torch.Generator(device="cpu").manual_seed(settings.seed + i)
             image = pipe(captions[i], num_inference_steps=settings.steps, guidance_scale=settings.guidance,
@@ -179,9 +178,6 @@ def generate_missing(pipe, captions: list[str], indices: list[int], folder: Path
             tmp = folder / f"{i:06d}.tmp.png"
             image.save(tmp)
             tmp.rename(folder / f"{i:06d}.png")  # a crash mid-write never leaves a half image behind
-    finally:
-        if handle is not None:
-            handle.remove()
     return len(todo)
 
 

@@ -285,10 +285,9 @@ def _meta_twin(unet: nn.Module) -> nn.Module:
 def _count_phase(unet: nn.Module, height: int, width: int, batch: int, config, phase: str, label: str) -> MacsReport:
     """One pruned U-Net call (AT-EDM or SiTo, by ``config``'s type) with every pruning unit forced to what
     ``phase`` prescribes."""
-    from ..sdxl import AtEdmConfig, apply, apply_sito
+    from .methods import accelerate
 
-    method = apply if isinstance(config, AtEdmConfig) else apply_sito
-    handle = method(unet, dataclasses.replace(config, backend="reference"))
+    handle = accelerate(unet, dataclasses.replace(config, backend="reference"))
     handle.pin_phase(phase)
     try:
         report = count_forward_macs(unet, height, width, batch, label)
@@ -338,14 +337,13 @@ def count_unet_macs(
         a :class:`MacsReport`; ``report.total`` is the MAC count (SD-XL, 1024 px, batch 2: 6.76e12 dense,
         4.04e12 AT-EDM normal).
     """
-    from ..sdxl import AtEdmConfig, SiToConfig
+    from .methods import method_of
 
     _check_size(height, width, batch)
     check_choice("phase", phase, PHASES)
     check_int("num_steps", num_steps, 1)
     check_bool("on_meta", on_meta)
-    if config is not None and not isinstance(config, (AtEdmConfig, SiToConfig)):
-        raise TypeError(f"config must be an AtEdmConfig, a SiToConfig or None, got {type(config).__name__}")
+    method = method_of(config)  # TypeError for anything but an AtEdmConfig, a SiToConfig or None
     unet = getattr(unet, "unet", unet)
     if not isinstance(unet, nn.Module) or not hasattr(unet, "down_blocks"):
         raise ValueError(f"unet must be a diffusers UNet2DConditionModel or a pipeline with .unet, got {type(unet)}")
@@ -355,9 +353,9 @@ def count_unet_macs(
     if on_meta:
         unet = _meta_twin(unet)
     label = f"{type(unet).__name__} {height}x{width}, batch {batch}"
-    if config is None:
+    if method == "dense":
         return count_forward_macs(unet, height, width, batch, f"{label}, dense")
-    if isinstance(config, AtEdmConfig):
+    if method == "atedm":
         label += f", AT-EDM keep {config.keep_ratio}{' dagger' if config.skip_second_level else ''}"
     else:
         label += f", SiTo prune {config.prune_ratio}"

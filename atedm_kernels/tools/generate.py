@@ -90,28 +90,14 @@ def load_pipeline(model: str, device: torch.device):
     return pipe.to(device)
 
 
-def accelerate(pipe, method: str, config):
-    """Apply the named method to the pipeline; returns its handle (``None`` for dense)."""
-    if method == "dense":
-        return None
-    if method == "atedm":
-        from ..sdxl import apply
-
-        return apply(pipe, config)
-    if method == "sito":
-        from ..sdxl.sito_layer import apply_sito
-
-        return apply_sito(pipe, config)
-    raise ValueError(f"method must be 'dense', 'atedm' or 'sito', got {method!r}")
-
-
 def generate_images(pipe, prompts: list[str], methods: dict, *, seed: int, steps: int, guidance: float,
                     height: int, width: int, macs: dict[str, int | None]) -> list[Generated]:
     """Generate every prompt with every method (``{name: config or None}``), same seed for all."""
+    from .methods import installed
+
     results = []
     for method, config in methods.items():
-        handle = accelerate(pipe, method, config)
-        try:
+        with installed(pipe, config):
             # One untimed step first: kernel compilation, autotuning and allocator warm-up are not the method's.
             pipe(prompts[0], num_inference_steps=1, guidance_scale=guidance, height=height, width=width)
             for prompt in prompts:
@@ -122,9 +108,6 @@ def generate_images(pipe, prompts: list[str], methods: dict, *, seed: int, steps
                 if pipe.device.type == "cuda":
                     torch.cuda.synchronize()
                 results.append(Generated(method, prompt, image, time.perf_counter() - start, macs.get(method)))
-        finally:
-            if handle is not None:
-                handle.remove()
     return results
 
 

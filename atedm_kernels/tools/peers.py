@@ -137,11 +137,12 @@ class PeerRun:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> PeerRun:
-        from ..sdxl import AtEdmConfig, apply
+        from ..sdxl import AtEdmConfig
+        from .methods import installed
 
         try:
             if self.name == "atedm+deepcache":
-                self.handle = self._stack.enter_context(apply(self.unet, AtEdmConfig(backend=self.backend)))
+                self.handle = self._stack.enter_context(installed(self.unet, AtEdmConfig(backend=self.backend)))
             if self.name in ("deepcache", "atedm+deepcache"):
                 self._stack.enter_context(deepcache(self.unet, self.scheduler))
             if self.name == "tgate":

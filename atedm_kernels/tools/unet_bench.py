@@ -69,13 +69,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from . import flops, peers
-from ..backends import BACKENDS, preference_for, resolve
-from ..sdxl import AtEdmConfig, SiToConfig, apply, apply_sito
-from .models import build_sdxl_unet, unet_inputs
+from ..backends import BACKENDS, family_for
+from ..sdxl import AtEdmConfig, SiToConfig
+from .methods import TOMESD_RATIO, TOMESD_SDXL, installed, tomesd_patched
+from .models import SCALES, build_sdxl_unet, unet_inputs
 
 ALWAYS_PRUNE_LESS = 2**30  # prune_less_steps so large that every call is a DSAP prune-less step
 PAPER_STEPS, PAPER_PRUNE_LESS_STEPS = 50, 15
-TOMESD_ARGS = {"ratio": 0.5, "max_downsample": 8, "merge_attn": True, "merge_crossattn": True, "merge_mlp": True}
 TIMED = ("dense", "atedm-normal", "atedm-prune-less", "atedm-dagger", "sito", "tomesd", *peers.PACKAGES)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 KERNEL_OPS = ("attention_with_map", "gwpr", "select_tokens", "similarity_sources", "gather_tokens", "recover_tokens")
@@ -101,19 +101,11 @@ def variant(unet, name: str, backend: str):
     if name in peers.PACKAGES:
         with peers.PeerRun(unet, name, backend, device=next(unet.parameters()).device) as run:
             yield run
-    elif name == "dense":
-        yield None
     elif name == "tomesd":
-        import tomesd
-
-        tomesd.apply_patch(unet, **TOMESD_ARGS)
-        try:
+        with tomesd_patched(unet):
             yield None
-        finally:
-            tomesd.remove_patch(unet)
     else:
-        config = pruning_configs(backend)[name]
-        with (apply if isinstance(config, AtEdmConfig) else apply_sito)(unet, config) as handle:
+        with installed(unet, None if name == "dense" else pruning_configs(backend)[name]) as handle:
             yield handle
 
 
@@ -430,86 +422,115 @@ def check_phase(name: str, handle) -> None:
         raise RuntimeError(f"{name}: ran as a {handle.stats()[-1].phase} step, not {PHASE[name]}")
 
 
-def run(args: argparse.Namespace) -> dict:
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    load_before = os.getloadavg()  # other work on the machine: every variant shares it (interleaved rounds)
-    for reason in args.left_out.values():
-        log(reason)
-    log(f"building SD-XL's U-Net ({args.scale}, random weights, {args.dtype}) on {device} ...")
-    unet = build_sdxl_unet(args.scale, device=device, dtype=dtype, seed=args.seed)
-    inputs = unet_inputs(unet, args.batch, args.height, args.width, seed=args.seed + 1)  # random, never zeros
-    sample, timestep = inputs.pop("sample"), inputs.pop("timestep")  # [B, 4, h/8, w/8], 0-dim on the device
-    # what each pruning-path op runs on, as the pruning layer resolves a model-wide backend (fails early if forced
-    # to a backend that cannot run here)
-    backends = {op: resolve(op, preference_for(op, args.backend), device) for op in KERNEL_OPS}
-    macs = count_macs(args.scale, args.height, args.width, args.batch, args.variants)
-    memory = PeakMemory(device)
+class Bench:
+    """One benchmark's model, inputs and the U-Net calls each variant times (a variant's peer run makes several)."""
 
-    def step_of(model):
+    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+        log(f"building SD-XL's U-Net ({args.scale}, random weights, {args.dtype}) on {device} ...")
+        self.unet = build_sdxl_unet(args.scale, device=device, dtype=DTYPES[args.dtype], seed=args.seed)
+        inputs = unet_inputs(self.unet, args.batch, args.height, args.width, seed=args.seed + 1)  # random, not zeros
+        self.sample, self.timestep = inputs.pop("sample"), inputs.pop("timestep")  # [B, 4, h/8, w/8], 0-dim
+        self.inputs = inputs
+        self.half_sample = self.sample[: self.sample.shape[0] // 2]  # [B/2, 4, h/8, w/8]: T-GATE's late steps
+        self.half_inputs = peers.half_batch(inputs)
+        self.peer_calls: dict[str, list[peers.Call]] = {}  # each peer's calls, as its timed runs made them
+
+    def step_of(self, model):
         def step():
             with torch.no_grad():
-                return model(sample, timestep, **inputs).sample  # [B, 4, h/8, w/8]
+                return model(self.sample, self.timestep, **self.inputs).sample  # [B, 4, h/8, w/8]
         return step
 
-    half_sample, half_inputs = sample[: sample.shape[0] // 2], peers.half_batch(inputs)  # [B/2, 4, h/8, w/8], ...
-
-    peer_calls: dict[str, list[peers.Call]] = {}  # each peer's calls, as its timed runs made them
-
-    def calls_of(handle) -> list[tuple[float, object]]:
+    def calls_of(self, handle) -> list[tuple[float, object]]:
+        """(weight, call) of the variant ``handle`` stands for: one plain call, or every kind of a peer's steps."""
         if not isinstance(handle, peers.PeerRun):
-            return [(1.0, step_of(unet))]
+            return [(1.0, self.step_of(self.unet))]
         out = []
-        peer_calls[handle.name] = handle.calls()
-        for call in peer_calls[handle.name]:
+        self.peer_calls[handle.name] = handle.calls()
+        for call in self.peer_calls[handle.name]:
             def peer_step(call=call):
                 handle.prepare(call.step)
-                x, kwargs = (half_sample, half_inputs) if call.half_batch else (sample, inputs)
+                x, kwargs = (self.half_sample, self.half_inputs) if call.half_batch else (self.sample, self.inputs)
                 with torch.no_grad():
-                    return unet(x, handle.timestep(call.step), **kwargs).sample  # [B or B/2, 4, h/8, w/8]
+                    return self.unet(x, handle.timestep(call.step), **kwargs).sample  # [B or B/2, 4, h/8, w/8]
             out.append((call.weight, peer_step))
         return out
 
+
+def eager_rows(bench: Bench, args, device, memory, macs: dict[str, int]) -> list[dict]:
+    times, peaks, profiles = run_eager(bench.unet, bench.calls_of, args.variants, args, device, memory)
     rows = []
-    times, peaks, profiles = run_eager(unet, calls_of, args.variants, args, device, memory)
     for name in args.variants:
+        profile = profiles[name]
         row = {"variant": name, "compiled": False, "macs": macs[name], "median_ms": statistics.median(times[name]),
                "peak_memory_bytes": peaks[name], "times_ms": times[name],
-               "profiled_call_ms": profiles[name]["profiled_call_ms"], "split_ms": profiles[name]["split_ms"],
-               "host_issue_ms": profiles[name]["host_issue_ms"], "top_host_ms": profiles[name]["top_host_ms"],
-               "host_issue_wall_ms": profiles[name]["host_issue_wall_ms"]}
+               **{key: profile[key] for key in ("profiled_call_ms", "split_ms", "host_issue_ms", "top_host_ms",
+                                                "host_issue_wall_ms")}}
         if "dense" in profiles and name != "dense":
-            row["pruning_overhead"] = pruning_overhead(profiles[name], profiles["dense"])
+            row["pruning_overhead"] = pruning_overhead(profile, profiles["dense"])
         if name in peers.PACKAGES:
             row["setting"] = peers.SETTINGS[name]
-            row["calls"] = [{"step": c.step, "weight": c.weight, "half_batch": c.half_batch} for c in peer_calls[name]]
+            row["calls"] = [{"step": c.step, "weight": c.weight, "half_batch": c.half_batch}
+                            for c in bench.peer_calls[name]]
         rows.append(row)
     add_dsap_average(rows, compiled=False)
-    if args.compile:
-        compiled = [name for name in args.variants if name not in peers.PACKAGES]
-        if len(compiled) < len(args.variants):
-            log("  --compile: the peers run eager only (their caches are Python state between calls)")
-        times, peaks = run_compiled(unet, step_of, compiled, args, device, memory)
-        rows += [{"variant": name, "compiled": True, "macs": macs[name], "median_ms": statistics.median(times[name]),
-                  "peak_memory_bytes": peaks[name], "times_ms": times[name]} for name in compiled]
-        add_dsap_average(rows, compiled=True)
-    if args.cuda_graph:
-        graphed = [name for name in args.variants if name in GRAPHABLE]
-        log(f"  --cuda-graph: {', '.join(graphed)} (the peers and tomesd keep Python state or host draws per call)")
-        times, peaks, errors = run_graphed(unet, sample, timestep, inputs, graphed, args, device, memory)
-        for name, error in errors.items():
-            rows.append({"variant": name, "compiled": "cuda-graph", "macs": macs[name], "median_ms": None,
-                         "peak_memory_bytes": None, "times_ms": None, "error": error})
-        for name in times:
-            rows.append({"variant": name, "compiled": "cuda-graph", "macs": macs[name],
-                         "median_ms": statistics.median(times[name]), "peak_memory_bytes": peaks[name],
-                         "times_ms": times[name]})
-            log(f"  cuda-graph {name:<17} {rows[-1]['median_ms']:8.2f} ms")
-        add_dsap_average(rows, compiled="cuda-graph")
+    return rows
+
+
+def compiled_rows(bench: Bench, args, device, memory, macs: dict[str, int]) -> list[dict]:
+    compiled = [name for name in args.variants if name not in peers.PACKAGES]
+    if len(compiled) < len(args.variants):
+        log("  --compile: the peers run eager only (their caches are Python state between calls)")
+    times, peaks = run_compiled(bench.unet, bench.step_of, compiled, args, device, memory)
+    rows = [{"variant": name, "compiled": True, "macs": macs[name], "median_ms": statistics.median(times[name]),
+             "peak_memory_bytes": peaks[name], "times_ms": times[name]} for name in compiled]
+    add_dsap_average(rows, compiled=True)
+    return rows
+
+
+def graph_rows(bench: Bench, args, device, memory, macs: dict[str, int]) -> list[dict]:
+    graphed = [name for name in args.variants if name in GRAPHABLE]
+    log(f"  --cuda-graph: {', '.join(graphed)} (the peers and tomesd keep Python state or host draws per call)")
+    times, peaks, errors = run_graphed(bench.unet, bench.sample, bench.timestep, bench.inputs, graphed, args, device,
+                                       memory)
+    rows = [{"variant": name, "compiled": "cuda-graph", "macs": macs[name], "median_ms": None,
+             "peak_memory_bytes": None, "times_ms": None, "error": error} for name, error in errors.items()]
+    for name in times:
+        rows.append({"variant": name, "compiled": "cuda-graph", "macs": macs[name],
+                     "median_ms": statistics.median(times[name]), "peak_memory_bytes": peaks[name],
+                     "times_ms": times[name]})
+        log(f"  cuda-graph {name:<17} {rows[-1]['median_ms']:8.2f} ms")
+    add_dsap_average(rows, compiled="cuda-graph")
+    return rows
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Each row's speed-up against the dense row of its mode (None where either has no time)."""
     for row in rows:
         dense = next((r for r in rows if r["variant"] == "dense" and r["compiled"] == row["compiled"]), None)
         timed = dense and dense["median_ms"] and row["median_ms"]  # an uncaptured CUDA-graph row has no time
         row["speedup_vs_dense"] = dense["median_ms"] / row["median_ms"] if timed else None
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every variant of ``args.variants``: eager, then compiled (``--compile``) and replayed as CUDA graphs
+    (``--cuda-graph``); the report :func:`format_table` prints and ``--out`` writes."""
+    device = torch.device(args.device)
+    load_before = os.getloadavg()  # other work on the machine: every variant shares it (interleaved rounds)
+    for reason in args.left_out.values():
+        log(reason)
+    bench = Bench(args, device)
+    # what each pruning-path op runs on, as the pruning layer resolves a model-wide backend (fails early if forced
+    # to a backend that cannot run here)
+    backends = {op: family_for(op, args.backend, device) for op in KERNEL_OPS}
+    macs = count_macs(args.scale, args.height, args.width, args.batch, args.variants)
+    memory = PeakMemory(device)
+    rows = eager_rows(bench, args, device, memory, macs)
+    if args.compile:
+        rows += compiled_rows(bench, args, device, memory, macs)
+    if args.cuda_graph:
+        rows += graph_rows(bench, args, device, memory, macs)
+    add_speedups(rows)
     return {
         "benchmark": "unet_e2e",
         "device": device_name(device),
@@ -517,7 +538,7 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {
             "scale": args.scale, "height": args.height, "width": args.width, "batch": args.batch,
             "dtype": args.dtype, "warmup": args.warmup, "reps": args.reps, "atedm_backend": args.backend,
-            "resolved_backends": backends, "tomesd": TOMESD_ARGS, "seed": args.seed,
+            "resolved_backends": backends, "tomesd": {"ratio": TOMESD_RATIO, **TOMESD_SDXL}, "seed": args.seed,
             "deepcache": peers.DEEPCACHE, "tgate": peers.TGATE,
         },
         "left_out": args.left_out,
@@ -575,7 +596,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="atedm bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a check, not a measurement: defaults to the tiny model "
                         "on the CPU, fp32, 128 px, 1 thread, 1 warm-up and 3 timed calls (options given explicitly win)")
-    parser.add_argument("--scale", choices=("full", "tiny"), help="model size (default full)")
+    parser.add_argument("--scale", choices=tuple(SCALES), help="model size (default full)")
     parser.add_argument("--height", type=int, help="image height in pixels (default 1024)")
     parser.add_argument("--width", type=int, help="image width in pixels (default 1024)")
     parser.add_argument("--batch", type=int, default=2, help="U-Net batch (2 = one image with CFG)")

@@ -7,10 +7,16 @@
 #include <thread>
 #include <vector>
 
+#include "../dtype_codes.h"
+
 namespace atedm::cpu {
 
-// dtype codes of a map (the CUDA module's codes; atedm_kernels.kernels.cpu_attention.DTYPE_CODES).
-enum MapDtype : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
+// dtype codes of a map: atedm::DType's (dtype_codes.h), as plain ints for switches and template arguments.
+enum MapDtype : int {
+  kFloat16 = dtype_code(DType::kFloat16),
+  kBFloat16 = dtype_code(DType::kBFloat16),
+  kFloat32 = dtype_code(DType::kFloat32),
+};
 
 inline bool is_map_dtype(int dtype) { return dtype == kFloat16 || dtype == kBFloat16 || dtype == kFloat32; }
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from .extension import HostExtension
+from atedm_kernels.kernels.dtype_codes import DTYPE_CODES
 
-_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # csrc/launch.h DType
+from .extension import HostExtension
 
 
 def _output(name: str, out, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -29,7 +29,7 @@ class HostKernels:
     def gwpr_cuda(self, amap, num_iters, damping, *, out=None):
         amap = amap.contiguous()
         batch, n, _ = amap.shape
-        code = _DTYPE_CODES[amap.dtype]
+        code = DTYPE_CODES[amap.dtype]
         scores = _output("out", out, (batch, n), torch.float32)
         floats = self.ext.gwpr_workspace_floats(batch, n, code) if num_iters > 0 else 0
         workspace = torch.empty(floats, dtype=torch.float32)
@@ -44,7 +44,7 @@ class HostKernels:
         keep_idx = _output("out[0] (keep_idx)", keep_out, (batch, keep), torch.int64)
         prune_idx = _output("out[1] (prune_idx)", prune_out, (batch, n - keep), torch.int64)
         self.ext.select_tokens(scores.data_ptr(), keep_idx.data_ptr(), prune_idx.data_ptr(), batch, n, keep,
-                               _DTYPE_CODES[scores.dtype], 0)
+                               DTYPE_CODES[scores.dtype], 0)
         return keep_idx, prune_idx
 
     def similarity_sources_cuda(self, amap, keep_idx, prune_idx, *, out=None):
@@ -52,7 +52,7 @@ class HostKernels:
         batch, n, _ = amap.shape
         src = _output("out", out, (batch, prune_idx.shape[1]), torch.int64)
         self.ext.similarity_sources(amap.data_ptr(), keep_idx.data_ptr(), prune_idx.data_ptr(), src.data_ptr(),
-                                    batch, n, keep_idx.shape[1], _DTYPE_CODES[amap.dtype], 0)
+                                    batch, n, keep_idx.shape[1], DTYPE_CODES[amap.dtype], 0)
         return src
 
     def gather_tokens_cuda(self, x, idx, *, out=None):
@@ -61,7 +61,7 @@ class HostKernels:
         k = idx.shape[1]
         result = _output("out", out, (batch, k, channels), x.dtype)
         self.ext.gather_tokens(x.data_ptr(), idx.data_ptr(), result.data_ptr(), batch, n, k, channels,
-                               _DTYPE_CODES[x.dtype], 0)
+                               DTYPE_CODES[x.dtype], 0)
         return result
 
     def recover_tokens_cuda(self, x_kept, keep_idx, prune_idx, src, *, out=None):
@@ -71,5 +71,5 @@ class HostKernels:
         n = keep + prune_idx.shape[1]
         result = _output("out", out, (batch, n, channels), x_kept.dtype)
         self.ext.recover_tokens(x_kept.data_ptr(), keep_idx.data_ptr(), prune_idx.data_ptr(), src.data_ptr(),
-                                result.data_ptr(), batch, n, keep, channels, _DTYPE_CODES[x_kept.dtype], 0)
+                                result.data_ptr(), batch, n, keep, channels, DTYPE_CODES[x_kept.dtype], 0)
         return result

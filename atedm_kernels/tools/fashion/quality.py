@@ -36,15 +36,14 @@ import torch
 
 from .. import peers
 from ..flops import MacCounter
-from ...sdxl import AtEdmConfig, SiToConfig, apply, apply_sito
+from ...sdxl import AtEdmConfig, SiToConfig
+from ..methods import TOMESD_RATIO, TOMESD_SDXL, installed, tomesd_patched
 from . import model as fashion_model
 from . import yardstick
 
 STEPS = 25  # T-GATE's authors' step count; DeepCache's interval and DSAP's fraction apply to any count
 GUIDANCE = 2.0
 SPREAD_SETS = 3
-TOMESD = {"max_downsample": 8, "merge_attn": True, "merge_crossattn": True, "merge_mlp": True}  # SD-XL setting
-TOMESD_RATIO = 0.5
 KEEP_SWEEP = (0.25, 0.6)  # beside AT-EDM's default 0.37
 TOMESD_SWEEP = (0.7,)  # beside the SD-XL setting's 0.5
 
@@ -118,18 +117,14 @@ class Installed:
     def __enter__(self) -> Installed:
         method, unet = self.method, self.unet
         with contextlib.ExitStack() as stack:  # undone at once if installing fails, else kept until __exit__
-            if method.kind == "atedm":
-                self.handle = stack.enter_context(apply(unet, method.atedm))
-            if method.kind == "sito":
-                self.handle = stack.enter_context(apply_sito(unet, SiToConfig(seed=0)))
+            if method.kind in ("atedm", "sito"):
+                config = method.atedm if method.kind == "atedm" else SiToConfig(seed=0)
+                self.handle = stack.enter_context(installed(unet, config))
             if method.kind in peers.PACKAGES:  # DeepCache, T-GATE, AT-EDM on DeepCache, over this run's schedule
                 self.peer = stack.enter_context(peers.PeerRun(unet, method.kind, scheduler=self.scheduler))
                 self.handle = self.peer.handle
             if method.kind == "tomesd":
-                import tomesd
-
-                tomesd.apply_patch(unet, ratio=method.ratio, **TOMESD)
-                stack.callback(tomesd.remove_patch, unet)
+                stack.enter_context(tomesd_patched(unet, method.ratio))
             self._stack = stack.pop_all()
         return self
 
@@ -231,7 +226,7 @@ def run(count: int, batch: int, sweep: bool = True, names: list[str] | None = No
     labels = torch.tensor([i % fashion_model.NUM_CLASSES for i in range(count)])
     report = {"settings": {"samples": count, "steps": steps, "guidance": GUIDANCE, "sampler": "DDIM, eta 0",
                            "seeds": f"0..{count - 1}, class = seed % 10", "spread_sets": SPREAD_SETS,
-                           "tomesd": {"ratio": TOMESD_RATIO, **TOMESD}, "deepcache": peers.DEEPCACHE,
+                           "tomesd": {"ratio": TOMESD_RATIO, **TOMESD_SDXL}, "deepcache": peers.DEEPCACHE,
                            "tgate": peers.TGATE, "torch": torch.__version__,
                            "threads": torch.get_num_threads()},
               "rows": [], "spread": {}, "skipped": skipped}

@@ -6,9 +6,10 @@
 
 Both are timed with ``triton.testing.do_bench`` (warm-up, L2 flushed before every run, median), or with CUDA events
 around single runs after a warm-up when Triton is missing. They are what this GPU reaches with PyTorch's own kernels,
-not datasheet peaks. ``measure_ceilings(device)`` is the API ``benchmarks/benchmark_kernels.py`` uses.
+not datasheet peaks. ``measure_ceilings(device)`` and ``median_ms`` are the timing every kernel benchmark of
+``benchmarks/`` imports from here (they are scripts, not a package, so none imports another).
 
-    python benchmarks/roofline.py --out benchmarks/results/roofline.json
+    python -m atedm_kernels.tools.roofline --out benchmarks/results/roofline.json
 """
 
 from __future__ import annotations
@@ -119,6 +120,14 @@ def measure_ceilings(
     }
 
 
+def write_report(report: dict, out: str | None) -> None:
+    """Write a benchmark's report as indented JSON to ``out`` (nothing when None) and say so."""
+    if out:
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {out}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--copy-gib", type=float, default=1.0, help="size of the copied buffer, GiB")
@@ -132,10 +141,7 @@ def main(argv=None) -> int:
     report.update(torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version())
     print(f"{report['device']} ({report['timer']}): copy {report['copy']['gb_per_s']:.0f} GB/s, "
           f"bf16 matmul {report['bf16_matmul']['tflops']:.0f} TFLOP/s (n={args.matmul_n})")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.out}")
+    write_report(report, args.out)
     return 0
 
 
