@@ -80,11 +80,18 @@ def check_float(name: str, value: object, low: float, high: float, *, open_low: 
     (``torch.SymInt``, ``torch.SymFloat``) count, as in ``check_int``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.SymInt, torch.SymFloat)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if isinstance(value, (int, float)):
+    symbolic = isinstance(value, (torch.SymInt, torch.SymFloat))
+    if not symbolic:
         value = float(value)
+    # Each comparison is a guard under torch.compile, re-checked on every call and costly to trace: the bounds get
+    # one each; NaN and infinity are asked with math.isnan/isfinite, and not at all of a symbolic number (it comes
+    # from sizes, so it is finite): `value != value` and `value >= inf` made a dynamic-shape U-Net compile 5x slower.
     below = value <= low if open_low else value < low
-    above = value >= high if open_high or high == math.inf else value > high
-    if below or above or value != value:
+    if high == math.inf:
+        above = not symbolic and not math.isfinite(value)
+    else:
+        above = value >= high if open_high else value > high
+    if below or above or (not symbolic and math.isnan(value)):
         left, right = "(" if open_low else "[", ")" if open_high or high == math.inf else "]"
         raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value}")
     return value

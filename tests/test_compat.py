@@ -4,7 +4,7 @@ For each scenario and both methods: the run is finite, ``keep_ratio=1.0`` / ``pr
 unit really running its pruning path) equals the dense run, ``remove()`` restores it bit for bit and leaves the
 user's processors, and every step's DSAP phase is the expected one. The whole matrix (:data:`MATRIX`) is in the
 default run, marked ``compat`` (``python -m pytest -m compat tests/test_compat.py`` runs it alone); the "works with"
-table of docs/compatibility.md is generated from it (``python tests/test_compat.py --write`` runs it and writes the
+table of the README is generated from it (``python tests/test_compat.py --write`` runs it and writes the
 table).
 """
 
@@ -493,7 +493,7 @@ def test_table_writer_reads_each_case_from_its_recorded_property():
 
 
 def works_with_table(outcomes: dict[tuple[str, str], bool]) -> str:
-    """The "works with" table (docs/compatibility.md) from ``{(scenario, method): passed}`` of a :func:`test_matrix` run."""
+    """The README's "works with" table from ``{(scenario, method): passed}`` of a :func:`test_matrix` run."""
     def cell(scenario, method):
         passed = outcomes.get((scenario, method))
         return "not run" if passed is None else "yes" if passed else "**fails**"
@@ -513,8 +513,7 @@ def record_outcome(outcomes: dict[tuple[str, str], bool], report) -> None:
 
 
 def main() -> None:
-    """Run the matrix, print the table; ``--write`` also writes it into docs/compatibility.md between its compat
-    markers."""
+    """Run the matrix, print the table; ``--write`` also writes it into the README between its compat markers."""
     import sys
     from pathlib import Path
 
@@ -528,7 +527,7 @@ def main() -> None:
     table = works_with_table(outcomes)
     print(table)
     if "--write" in sys.argv:
-        readme = Path(__file__).resolve().parent.parent / "docs" / "compatibility.md"
+        readme = Path(__file__).resolve().parent.parent / "README.md"
         start, end = "<!-- compat:start -->\n", "\n<!-- compat:end -->"
         text = readme.read_text()
         head, rest = text.split(start)
