@@ -230,6 +230,7 @@ def render() -> str:
 QUALITY = RESULTS / "quality_fashion.json"
 WEIGHTS = ROOT / "atedm_kernels" / "tools" / "fashion" / "weights"
 QUALITY_START, QUALITY_END = "<!-- quality:start -->", "<!-- quality:end -->"
+DIAGNOSIS = RESULTS / "quality_fashion_diagnosis.json"  # python -m atedm_kernels.tools.fashion.diagnose
 CLAIM_SIGMAS = 2.0  # a paired difference counts as real when it exceeds this many standard errors
 
 
@@ -301,7 +302,28 @@ def quality_section() -> str:
               "standard errors, or the FID gap twice dense's seed-set std):", "",
               "| claim | rows | fidelity to dense | FID |", "|---|---|---|---|"]
     lines += [claim_line(rows, std, *claim) for claim in claims if claim[1] in rows and claim[2] in rows]
+    if DIAGNOSIS.is_file():
+        lines += ["", *diagnosis_table(json.loads(DIAGNOSIS.read_text()))]
     return "\n".join(lines)
+
+
+def diagnosis_table(report: dict) -> list[str]:
+    """Where each pruning block's error comes from, G-WPR against random selection
+    (``python -m atedm_kernels.tools.fashion.diagnose``)."""
+    lines = [
+        f"Where a pruning block's error comes from ({report['samples']} samples, {report['steps']} steps, every "
+        "pruning block call; errors as a fraction of the norm of the dense block's update, summed over the run; "
+        "from `benchmarks/results/quality_fashion_diagnosis.json`):",
+        "",
+        "| selection | pruned tokens' share of the dense update | error on kept tokens | error on pruned tokens "
+        "(copy) | the same with no update (zeros) | grid distance to the copied token / to the nearest kept |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in report["methods"].items():
+        lines.append(f"| {name} | {row['pruned_update_share']:.1%} | {row['kept_error']:.3f} | "
+                     f"{row['pruned_error']:.3f} | {row['zeros_pruned_error']:.3f} | "
+                     f"{row['source_distance']:.2f} / {row['nearest_kept_distance']:.2f} |")
+    return lines
 
 
 # The README's op table: signatures and meanings written here; the kernels column from the one kernel table,

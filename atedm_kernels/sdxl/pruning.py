@@ -218,6 +218,12 @@ class BlockPruner:
         if self.observer is not None:
             self.observer(self, scores, keep_idx)
 
+    @property
+    def selection(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(keep_idx [B, K], prune_idx [B, N-K], src [B, N-K]) of the current call, from its selection until its
+        recovery (what an observer sees); None otherwise."""
+        return self._restore
+
     @staticmethod
     def _ops_run(config: AtEdmConfig) -> tuple[str, ...]:
         scoring = () if config.selection == "random" else ("gwpr",) if config.wpr == "self" else ("gwpr_cross",)

@@ -160,9 +160,10 @@ def start_noise(seeds: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(denoiser, method: Method, labels: torch.Tensor, seeds: list[int], steps: int = STEPS,
-           guidance: float = GUIDANCE, observer=None) -> torch.Tensor:
+           guidance: float = GUIDANCE, observer=None, setup=None) -> torch.Tensor:
     """One sampling run of ``method`` for ``labels`` ``[B]`` from ``seeds``: images ``[B, 1, 32, 32]`` in [-1, 1].
-    ``observer(block, scores, keep_idx, step)`` sees every AT-EDM selection."""
+    ``observer(block, scores, keep_idx, step)`` sees every AT-EDM selection; ``setup(installed)`` runs once the
+    method is installed (:class:`Installed`; its ``handle`` is AT-EDM's or SiTo's), before the first step."""
     scheduler = sampler(steps)
     x = start_noise(seeds)  # [B, 1, 32, 32]
     null = torch.full_like(labels, fashion_model.NULL_CLASS)
@@ -171,6 +172,8 @@ def sample(denoiser, method: Method, labels: torch.Tensor, seeds: list[int], ste
         if observer is not None and installed.handle is not None:
             handle = installed.handle
             handle.observe(lambda block, scores, keep_idx: observer(block, scores, keep_idx, handle.step))
+        if setup is not None:
+            setup(installed)
         for step, t in enumerate(scheduler.timesteps):  # t: a view of the schedule, as pipelines pass it
             installed.before_step(step, steps)
             if installed.guided(step):
