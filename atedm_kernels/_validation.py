@@ -7,9 +7,8 @@ they run unchanged on fake tensors under ``torch.compile`` and never synchronise
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import torch
 

@@ -202,7 +202,7 @@ def preference_for(op: str, backend: str) -> str:
 
 def family_for(op: str, preference: str, device: torch.device) -> str:
     """The kernel family that runs ``op`` on ``device`` under a model-wide ``preference`` (:func:`preference_for`
-    then :func:`resolve`): what a pruning layer reports in its step records."""
+    then :func:`resolve`): what ``atedm bench`` records per op."""
     return resolve(op, preference_for(op, preference), device)
 
 

@@ -10,8 +10,8 @@ Methods, all on ``q, k, v [B, H, N, D]`` contiguous, timed side by side in one r
   for every head in the input dtype, the mean over heads, then ``P v``.
 
 Shapes: SD-XL's self-attention at its two attention levels and its cross-attention (M = 77 text tokens) at both.
-Each method's median time comes from ``atedm_kernels.tools.roofline.median_ms`` (``triton.testing.do_bench``: L2 flushed before every
-run; random normal inputs). The report also records the autotuner's pick per shape.
+Each method's median time comes from ``atedm_kernels.tools.roofline.median_ms`` (``triton.testing.do_bench``: L2
+flushed before every run; random normal inputs). The report also records the autotuner's pick per shape.
 
 TFLOP/s counts the matrix FLOPs each method executes: ``4*B*H*N*M*D`` for attention, plus
 ``2*B*H*N*M*D`` for the map pass that recomputes ``q k^T`` (``triton+map`` only). ``% peak`` divides by a bf16

@@ -13,10 +13,10 @@ read + write), and sets the layer's total pruning overhead against the same laye
 (``atedm_kernels.attention_with_map(..., backend="triton")``). It also times the whole chain through the public ops
 (``backend="cuda"``), which adds the per-call Python dispatch cost an eager SD-XL step pays.
 
-Timing: ``atedm_kernels.tools.roofline.median_ms`` (``triton.testing.do_bench``: warm-up, L2 flushed before every run, the median and
-every run's time; CUDA events with the same flush when Triton is missing), and the copy ceiling from
-``atedm_kernels.tools.roofline.measure_ceilings``, both shared with the other kernel benchmarks. Inputs are random, never all zeros. Results go to ``--out`` as
-JSON with the device, software versions and raw timings.
+Timing: ``atedm_kernels.tools.roofline.median_ms`` (``triton.testing.do_bench``: warm-up, L2 flushed before every
+run, the median and every run's time; CUDA events with the same flush when Triton is missing), and the copy ceiling
+from ``atedm_kernels.tools.roofline.measure_ceilings``, both shared with the other kernel benchmarks. Inputs are
+random, never all zeros. Results go to ``--out`` as JSON with the device, software versions and raw timings.
 
 Usage: ``python benchmarks/benchmark_pruning_kernels.py [--out benchmarks/results/pruning_kernels.json]``
 """

@@ -2,14 +2,16 @@
 
 ``python benchmarks/readme_tables.py --count-macs`` recounts the SD-XL MACs (meta device, seconds) into
 ``benchmarks/results/macs_sdxl_1024.json``; ``python benchmarks/readme_tables.py`` (re)writes, in
-``docs/performance.md``, the section between ``<!-- tables:start -->`` and ``<!-- tables:end -->`` from every JSON under ``benchmarks/results/``:
-the MACs table; the peers' table (DeepCache, T-GATE, AT-EDM on DeepCache: MACs and, where a committed CPU run
-has their rows, CPU time); the CPU end-to-end tables (``unet_e2e_cpu_*.json``, from ``atedm bench --device cpu``, with the
-pruning path's split); and the GPU tables (the run's steps, end-to-end rows, split and kernels) from the ``.ci/gpu``
-run committed under ``benchmarks/results/gpu/``; and, between ``<!-- quality:start -->`` and ``<!-- quality:end -->``,
-``docs/quality.md``'s tables from ``benchmarks/results/quality_fashion.json`` (``atedm quality``); and the
-README's op table (between ``<!-- ops:start -->`` and ``<!-- ops:end -->``) from ``backends.KERNELS``.
-``tests/test_readme_tables.py`` fails when a page and the JSON disagree.
+``docs/performance.md``, the section between ``<!-- tables:start -->`` and ``<!-- tables:end -->`` from every JSON
+under ``benchmarks/results/``: the MACs table; the peers' table (DeepCache, T-GATE, AT-EDM on DeepCache: MACs and,
+where a committed CPU run has their rows, CPU time); the CPU end-to-end tables (``unet_e2e_cpu_*.json``, from
+``atedm bench --device cpu``, with the pruning path's split); and the GPU tables (the run's steps, end-to-end rows,
+split and kernels) from the ``.ci/gpu`` run committed under ``benchmarks/results/gpu/``; and, between
+``<!-- quality:start -->`` and ``<!-- quality:end -->``, ``docs/quality.md``'s tables from
+``benchmarks/results/quality_fashion.json`` (``atedm quality``) and ``quality_fashion_diagnosis.json``
+(``python -m atedm_kernels.tools.fashion.diagnose``); and the README's op table (between ``<!-- ops:start -->`` and
+``<!-- ops:end -->``) from ``backends.KERNELS``. ``tests/test_readme_tables.py`` fails when a page and the JSON
+disagree.
 """
 
 from __future__ import annotations

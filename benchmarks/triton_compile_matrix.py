@@ -71,7 +71,7 @@ REQUIRED = {"dtype_dims": [(d, h) for d in ("fp16", "bf16") for h in (40, 64, 80
             "targets": (89, 90)}
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 SPILL_FREE_DIMS = (40, 64, 80, 128)  # fp16/bf16 head dims at which no config the autotuner considers may spill ...
-SPILL_FREE_TARGETS = (80, 89, 90, 120)  # ... on the tensor-core targets (sm_75's 16-bit tiles are reported, see docs/build.md)
+SPILL_FREE_TARGETS = (80, 89, 90, 120)  # ... on the tensor-core targets (sm_75's 16-bit tiles: docs/build.md)
 
 # The representative subset CI compiles (18 compiles; 2-3 minutes on this CI machine's 2 cores while loaded): both
 # kernels where the measured problems were (fp16 D=40: unaligned rows; bf16 D=128: spills; fp32 D=160: shared

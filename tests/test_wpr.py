@@ -26,18 +26,23 @@ def _sharpen_cross_attention(unet) -> None:
                 block.transformer_blocks[0].attn2.to_k.weight.mul_(SHARPEN)
 
 
+def _qkv(attn, hidden: torch.Tensor, context: torch.Tensor | None):
+    """``attn``'s q [B, H, N, D] from ``hidden`` [B, N, C] and k, v [B, H, M, D] from ``context`` (None: ``hidden``),
+    in the dtype of ``attn`` and its inputs."""
+    source = hidden if context is None else context
+
+    def split(t):  # [B, T, H*D] -> [B, H, T, D]
+        return t.view(t.shape[0], t.shape[1], attn.heads, -1).transpose(1, 2)
+
+    return split(attn.to_q(hidden)), split(attn.to_k(source)), split(attn.to_v(source))
+
+
 def _reference_attention(attn, hidden: torch.Tensor, context: torch.Tensor | None):
     """float64 output [B, N, C] and head-averaged map [B, N, M] of diffusers ``Attention`` ``attn`` by brute force:
     queries from ``hidden`` [B, N, C], keys and values from ``context`` [B, L, C_ctx] (None: ``hidden``)."""
     ref = copy.deepcopy(attn).double()
     hidden = hidden.double()
-    source = hidden if context is None else context.double()
-
-    def split(t):  # [B, T, H*D] -> [B, H, T, D]
-        return t.view(t.shape[0], t.shape[1], attn.heads, -1).transpose(1, 2)
-
-    out, amap = bf.attention_with_map(split(ref.to_q(hidden)), split(ref.to_k(source)), split(ref.to_v(source)),
-                                      attn.scale)
+    out, amap = bf.attention_with_map(*_qkv(ref, hidden, None if context is None else context.double()), attn.scale)
     out = ref.to_out[0](out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1))  # [B, N, C]
     return out, amap
 
@@ -45,14 +50,9 @@ def _reference_attention(attn, hidden: torch.Tensor, context: torch.Tensor | Non
 def _same_precision_scores(attn, hidden, context, map_dtype: torch.dtype, wpr: str, num_iters: int) -> torch.Tensor:
     """The scores [B, N] a plain float32 PyTorch computation gets from the same inputs (the reference ops on
     ``attn``'s own float32 projections): the yardstick of the layer's float32 rounding against float64."""
-    source = hidden if context is None else context
-
-    def split(t):  # [B, T, H*D] -> [B, H, T, D]
-        return t.view(t.shape[0], t.shape[1], attn.heads, -1).transpose(1, 2)
-
     with torch.no_grad():  # the references themselves: the test's spies count the ops' calls
-        _, amap = reference.attention_with_map_reference(split(attn.to_q(hidden)), split(attn.to_k(source)),
-                                                         split(attn.to_v(source)), attn.scale, map_dtype)  # [B, N, M]
+        _, amap = reference.attention_with_map_reference(*_qkv(attn, hidden, context), attn.scale,
+                                                         map_dtype)  # [B, N, M]
         if wpr == "self":
             return reference.gwpr_reference(amap, num_iters, 0.0)
         return reference.gwpr_cross_reference(amap, num_iters, wpr)

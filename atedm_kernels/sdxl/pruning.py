@@ -19,8 +19,8 @@ the mask, and row i says which of the L prompt tokens image token i reads (``gwp
 much they attend to prompt tokens that many image tokens attend to). It is taken in the same fused pass as the
 attention output (one ``attention_with_map`` over L keys instead of SDPA: a [B, N, L] map costs little next to
 the [B, N, N] one). Recovery still needs the self-attention map: a cross map has no token-to-token entries, and a
-pruned token must copy the kept token that attended to it most (the paper's similarity-based copy), so ``attn1`` keeps emitting ``amap`` and
-``similarity_sources`` reads it, whatever ``wpr`` scores with.
+pruned token must copy the kept token that attended to it most (the paper's similarity-based copy), so ``attn1``
+keeps emitting ``amap`` and ``similarity_sources`` reads it, whatever ``wpr`` scores with.
 
 Each batch element (both classifier-free-guidance halves included) gets its own mask. When the block is not
 ``active`` (DSAP's prune-less steps), every piece defers to diffusers' own code and the user's processor, so the
@@ -139,10 +139,6 @@ def check_prunable(transformer: nn.Module, name: str, cross: bool) -> None:
         raise ValueError(f"{name}: AT-EDM cannot prune this attention block ({', '.join(unsupported)})")
 
 
-PRUNING_OPS = ("attention_with_map", "gwpr", "gwpr_cross", "select_tokens", "similarity_sources", "gather_tokens",
-               "recover_tokens")
-
-
 class BlockPruner:
     """AT-EDM on one ``Transformer2DModel``: installs the processor and hooks, and removes them again."""
 
@@ -156,10 +152,10 @@ class BlockPruner:
         self.stage = stage  # "down", "mid" or "up"
         self.position = position  # "F", "M" or "L" within its stage (mid: "M")
         self.config = config
-        # config.backend is a preference of kernel family, resolved per op once: an op without a kernel of that
-        # family runs as "auto" does (e.g. "cpu" has no select_tokens kernel; "cuda" has no attention kernel).
-        self.backends = {op: preference_for(op, config.backend) for op in PRUNING_OPS}
-        self.ops = self._ops_run(config)  # the atedm ops a pruning call runs, for the step records
+        # op -> backend, for each atedm op a pruning call runs: config.backend is a preference of kernel family,
+        # resolved per op once: an op without a kernel of that family runs as "auto" does (e.g. "cpu" has no
+        # select_tokens kernel; "cuda" has no attention kernel). The step records report these.
+        self.backends = {op: preference_for(op, config.backend) for op in self._ops_run(config)}
         self.active = False  # set by the DSAP schedule before each U-Net call
         self.last_tokens: tuple[int, int] | None = None  # (N, K) of the latest pruned call
         # Called as observer(block, scores [B, N], keep_idx [B, K]) after each selection (pictures, debugging).

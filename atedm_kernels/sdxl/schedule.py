@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..backends import family_for
+from ..backends import resolve
 from .clock import Position, StepClock
 
 
@@ -100,8 +100,8 @@ class PruningHandle:
     """Undo handle of a pruning method on a U-Net; also a context manager.
 
     Subclasses build ``self.units`` through :meth:`_install` (objects with ``name``, ``active``, ``last_tokens``,
-    ``ops`` (the atedm ops it runs), ``clear()``, ``attach()``, ``detach()`` and ``remove()``) and say in :meth:`prunes` which unit prunes in which
-    phase.
+    ``backends`` (op -> backend, for each atedm op it runs), ``clear()``, ``attach()``, ``detach()`` and
+    ``remove()``) and say in :meth:`prunes` which unit prunes in which phase.
     """
 
     def __init__(self, pipe_or_unet, config) -> None:
@@ -207,8 +207,8 @@ class PruningHandle:
     def _kernels_on(self, device: torch.device) -> dict[str, str]:
         """op -> the kernel family that runs it on ``device`` for this handle's units (see StepRecord.kernels)."""
         if device not in self._kernels:
-            ops = dict.fromkeys(op for unit in self.units for op in unit.ops)
-            self._kernels[device] = {op: family_for(op, self.config.backend, device) for op in ops}
+            self._kernels[device] = {op: resolve(op, backend, device)
+                                     for unit in self.units for op, backend in unit.backends.items()}
         return dict(self._kernels[device])
 
     @torch.compiler.disable

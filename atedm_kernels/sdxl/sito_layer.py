@@ -28,7 +28,6 @@ it as an input (no graph break, seeded or not).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import torch
@@ -167,9 +166,10 @@ class SiToLayer:
         self.name = name
         self.level = level
         self.index = index  # row of the handle's per-call noise
-        self.ops = ("sito_select", "gather_tokens", "recover_tokens")  # the atedm ops a pruning call runs
-        # config.backend is a preference of kernel family, resolved per op (as AT-EDM's layer does)
-        self.backends = {op: preference_for(op, self.config.backend) for op in self.ops}
+        # op -> backend, for each atedm op a pruning call runs: config.backend is a preference of kernel family,
+        # resolved per op (as AT-EDM's layer does); the step records report these
+        self.backends = {op: preference_for(op, self.config.backend)
+                         for op in ("sito_select", "gather_tokens", "recover_tokens")}
         self.active = False  # set by the schedule before each U-Net call
         self.last_tokens: tuple[int, int] | None = None  # (N, K) of the latest call that really pruned
         self._selection: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None

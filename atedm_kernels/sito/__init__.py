@@ -2,8 +2,8 @@
 
 SiTo needs no attention map, so the attention itself stays whatever fused kernel the model already uses (SDPA).
 ``torch.ops.atedm.sito_select`` is declared with the other ops in :mod:`atedm_kernels.ops`; :func:`sito_select`
-(its keyword-friendly wrapper) is re-exported here, and :mod:`.reference` holds the per-stage references. The U-Net integration is
-:func:`atedm_kernels.sdxl.sito_layer.apply_sito`.
+(its keyword-friendly wrapper) is re-exported here, and :mod:`.reference` holds the per-stage references. The U-Net
+integration is :func:`atedm_kernels.sdxl.sito_layer.apply_sito`.
 """
 
 from ..ops import check_sito_select, sito_select

@@ -90,7 +90,8 @@ def _method_list(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(PRUNING))
     if not methods or unknown:
-        raise argparse.ArgumentTypeError(f"methods are 'atedm' and 'sito' (comma-separated), got {text!r}")
+        raise argparse.ArgumentTypeError(f"methods are {' and '.join(map(repr, PRUNING))} (comma-separated), "
+                                         f"got {text!r}")
     return methods
 
 
@@ -275,9 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Part 1 (picture): a short AT-EDM DDIM loop on the trained Fashion-MNIST denoiser of SD-XL's "
         "layout (ships with the package; on the CPU, seconds) whose G-WPR scores and kept tokens, for every pruning "
         "block at every step, are drawn to OUT/atedm_masks.png beside the dense and AT-EDM samples of the same "
-        "seed (class = seed mod 10). Part 2 (speed): denoising step(s) dense and with AT-EDM on SD-XL base's full U-Net architecture with random weights: on a CPU "
-        "1 step at 512 px in float32 (about 2 minutes on 2 cores, 11 GB of memory), on a GPU 10 steps at 1024 px "
-        "in float16. --scale tiny times the tiny U-Net instead (seconds).")
+        "seed (class = seed mod 10). Part 2 (speed): denoising step(s) dense and with AT-EDM on SD-XL base's full "
+        "U-Net architecture with random weights: on a CPU 1 step at 512 px in float32 (about 2 minutes on 2 cores, "
+        "11 GB of memory), on a GPU 10 steps at 1024 px in float16. --scale tiny times the tiny U-Net instead "
+        "(seconds).")
     demo.add_argument("--scale", choices=list(SCALES), default="full",
                       help="the timed U-Net: SD-XL's full architecture (default) or the tiny one")
     demo.add_argument("--size", type=int, default=None,

@@ -1,4 +1,5 @@
-"""Runs the CUDA kernel tests on a sanitizer build of the CPU test build, one command each (docs/build.md, "Verification of the CUDA kernels"):
+"""Runs the CUDA kernel tests on a sanitizer build of the CPU test build, one command each (docs/build.md,
+"Verification of the CUDA kernels"):
 
     python -m tests.cuda_host.sanitize address   # AddressSanitizer + UBSan: every emulated case of test_cuda_kernels.py
     python -m tests.cuda_host.sanitize thread    # ThreadSanitizer: the emulated cases at N <= 100 and the copies

@@ -42,9 +42,8 @@ class ErrorSums:
 
     def add_outputs(self, keep_idx, prune_idx, x, pruned, dense) -> None:
         """``x``, ``pruned``, ``dense``: the block's input and outputs ``[B, C, H, W]``."""
-        tokens = lambda t: t.flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, N, C]
-        update = (tokens(dense) - tokens(x)).norm(dim=-1).square()  # [B, N]
-        error = (tokens(pruned) - tokens(dense)).norm(dim=-1).square()  # [B, N]
+        update = (dense - x).flatten(2).norm(dim=1).square()  # [B, C, H, W] -> [B, N]: per-token norm over C
+        error = (pruned - dense).flatten(2).norm(dim=1).square()  # [B, N]
         self.kept_error += torch.gather(error, 1, keep_idx).sum().item()
         self.pruned_error += torch.gather(error, 1, prune_idx).sum().item()
         self.kept_update += torch.gather(update, 1, keep_idx).sum().item()

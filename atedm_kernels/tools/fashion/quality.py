@@ -5,11 +5,12 @@ Sampling: DDIM (eta 0, so a seed and a class fix the sample) over :data:`STEPS` 
 classifier-free guidance ``eps = eps_u + GUIDANCE * (eps_c - eps_u)`` with the CFG pair in one batch, as SD-XL's
 pipelines run it. Sample ``i`` of a run has seed ``seed_offset + i`` (its starting noise) and class ``i % 10``.
 
-Per method: MACs per step (one image's CFG pair, counted over a whole run by :class:`~atedm_kernels.tools.flops.MacCounter`,
-divided by the steps: DSAP, DeepCache and T-GATE change the cost step by step), FID of its samples to the held-out
-images (the yardstick's features against the committed reference statistics), class accuracy (the yardstick's
-prediction against the class asked for), and fidelity to dense: the RMS pixel distance (images in [-1, 1]) of each
-sample to the dense sample of the same seed and class, averaged, with its standard error over samples.
+Per method: MACs per step (one image's CFG pair, counted over a whole run by
+:class:`~atedm_kernels.tools.flops.MacCounter`, divided by the steps: DSAP, DeepCache and T-GATE change the cost step
+by step), FID of its samples to the held-out images (the yardstick's features against the committed reference
+statistics), class accuracy (the yardstick's prediction against the class asked for), and fidelity to dense: the RMS
+pixel distance (images in [-1, 1]) of each sample to the dense sample of the same seed and class, averaged, with its
+standard error over samples.
 
 Spread: dense is sampled on :data:`SPREAD_SETS` disjoint seed sets; the standard deviation of their FIDs is what a
 FID difference between two methods must exceed to mean something (every method shares the first set's seeds, so
